@@ -1,0 +1,1 @@
+"""OpenELM-aware LoRA and DoRA on top of peft."""

@@ -1,0 +1,1 @@
+"""Data loading, prompt templates, tokenisation with loss masks, batching and packing."""

@@ -1,0 +1,9 @@
+"""Errors that are the user's to fix: the CLI prints their message on one line, without a traceback."""
+
+
+class ElmtuneError(Exception):
+    """Base class of errors whose message alone tells the user what went wrong and what to do."""
+
+
+class ModelNotFoundError(ElmtuneError):
+    """A model name is neither a preset, a local directory, nor a reachable hub id."""

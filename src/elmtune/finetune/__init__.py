@@ -1,0 +1,1 @@
+"""The training loop (loss as a parameter), losses, checkpoints and resume."""

@@ -1,0 +1,129 @@
+"""``load_model``: one entry point for presets, hub ids and local checkpoint directories."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from elmtune.errors import ModelNotFoundError
+from elmtune.models.configuration import OpenELMConfig
+from elmtune.models.modeling import OpenELMForCausalLM
+from elmtune.models.presets import PRESETS, preset_name
+from elmtune.models.registration import register
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; ``None`` or ``"auto"`` -> ``None``.
+
+    Raises:
+        ValueError: For an unknown dtype name.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or auto") from None
+
+
+def is_preset(name: str) -> bool:
+    """Whether ``name`` is a bare preset name (``270M``, ``tiny``, ...) rather than a hub id or a path."""
+    return "/" not in name and preset_name(name) is not None and not Path(name).exists()
+
+
+def _not_found(name: str, reason: str) -> ModelNotFoundError:
+    preset = preset_name(name)
+    hint = f" To build random weights of the same shape, use the preset '{preset}'." if preset else ""
+    return ModelNotFoundError(
+        f"cannot load '{name}': {reason}. Download it where there is network (`hf download {name}`) and pass the "
+        f"local directory, or check the name.{hint}"
+    )
+
+
+def load_model(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    *,
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """Load OpenELM (or any transformers causal LM) from a preset, a hub id or a local directory.
+
+    Args:
+        name_or_path: A preset (``270M``, ``450M``, ``1_1B``, ``3B``, ``tiny``: random weights, no download), a local
+            checkpoint directory, or a hub id such as ``apple/OpenELM-270M-Instruct`` (downloaded or read from the
+            Hugging Face cache). OpenELM checkpoints always load with elmtune's native class; remote code is never
+            executed.
+        dtype: Weight dtype (``"bf16"``, ``torch.float32``...); ``None`` keeps the checkpoint's dtype (fp32 for a
+            preset).
+        device: Device to move the model to; ``None`` leaves it on the CPU.
+        revision: Hub revision (branch, tag or commit) for a hub id.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ModelNotFoundError: The name is not a preset, not a directory, and cannot be fetched (e.g. offline and not
+            cached); the message says what to do.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    register()
+    name = str(name_or_path)
+    torch_dtype = resolve_dtype(dtype)
+    if is_preset(name):
+        config = OpenELMConfig.from_preset(name)
+        logger.info("building preset %s with random weights (no download)", preset_name(name))
+        model: PreTrainedModel = OpenELMForCausalLM(config)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+    else:
+        path = Path(name).expanduser()
+        if path.exists() and not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"'{name}' is a path but has no config.json; is it a model directory?")
+        try:
+            config = AutoConfig.from_pretrained(str(path) if path.exists() else name, revision=revision)
+        except OSError as err:
+            raise _not_found(name, _reason(err)) from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path) if path.exists() else name,
+                config=config,
+                dtype=torch_dtype if torch_dtype is not None else "auto",
+                revision=revision,
+                trust_remote_code=False,
+            )
+        except OSError as err:
+            raise _not_found(name, _reason(err)) from None
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _reason(err: OSError) -> str:
+    text = str(err).lower()
+    if "offline" in text or "connect" in text or "cannot find the requested files" in text or "local" in text:
+        return "it is not in the local Hugging Face cache and the Hub cannot be reached (offline)"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def preset_names() -> list[str]:
+    """Names accepted as presets."""
+    return list(PRESETS)
