@@ -38,9 +38,10 @@ def load_tokenizer(path_or_id: str | Path | None = None) -> PreTrainedTokenizerB
             OpenELM hub ids and presets resolve to the bundled tokenizer, because Apple ships none.
 
     Returns:
-        A fast tokenizer with ``pad_token_id == 0`` and right padding; BOS is added, EOS is not.
+        A fast tokenizer with ``pad_token_id == 0`` and right padding; BOS is added, EOS is not. The bundled one
+        encodes plain text exactly as Llama-2's ``tokenizer.model`` (SentencePiece) does.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from elmtune.models.presets import preset_name
 
@@ -52,7 +53,11 @@ def load_tokenizer(path_or_id: str | Path | None = None) -> PreTrainedTokenizerB
                 source = candidate
         elif preset_name(str(path_or_id)) is None:
             source = str(path_or_id)
-    tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=False)
+    if source == bundled_tokenizer_dir():
+        # Built straight from tokenizer.json: SentencePiece-exact (see tokenizer_files/SOURCE.md).
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(source))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(PAD_TOKEN_ID)
     tokenizer.padding_side = "right"

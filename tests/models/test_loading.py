@@ -1,0 +1,40 @@
+"""load_model: presets, directories, dtypes, and the offline error."""
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from elmtune.errors import ModelNotFoundError
+from elmtune.models import OpenELMForCausalLM, load_model, resolve_dtype
+
+
+def test_preset_builds_random_weights_in_requested_dtype():
+    model = load_model("tiny", dtype="bf16")
+    assert isinstance(model, OpenELMForCausalLM) and model.dtype == torch.bfloat16 and not model.training
+
+
+def test_directory_loads_and_can_change_dtype(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    model = load_model(tmp_path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert torch.equal(model.transformer.norm.weight.float(), tiny_model.transformer.norm.weight)
+
+
+def test_offline_hub_id_gives_one_line_actionable_error(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model("apple/OpenELM-3B-Instruct")
+    message = str(info.value)
+    assert "\n" not in message and "hf download apple/OpenELM-3B-Instruct" in message and "preset '3B'" in message
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_resolve_dtype():
+    assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("auto") is None
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3")
