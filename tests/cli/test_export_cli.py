@@ -1,0 +1,107 @@
+"""``elmtune export``: options reach the library, the file is written, user mistakes are one-line errors."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from elmtune.cli.app import app, main
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM
+from elmtune.models import gguf as gguf_module
+from elmtune.models.gguf_check import LlamaCppMissingError, llama_cpp_available
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("export") / "tiny"
+    OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).save_pretrained(path)
+    return path
+
+
+def test_export_writes_a_gguf_file(tiny_checkpoint, tmp_path):
+    out = tmp_path / "tiny.Q8_0.gguf"
+    result = runner.invoke(
+        app, ["export", str(tiny_checkpoint), "--format", "gguf", "-o", str(out), "--outtype", "q8_0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] == b"GGUF"
+    assert f"wrote {out}" in result.output and "q8_0" in result.output and "21 Q8_0" in result.output
+    assert "4,687,104 parameters" in result.output
+
+
+@pytest.fixture
+def library_calls(monkeypatch):
+    """Replace the library call with a recorder that returns a plausible report."""
+    calls = []
+
+    def fake_export(model_dir, out_path, outtype, **kwargs):
+        calls.append((model_dir, out_path, outtype, kwargs))
+        return gguf_module.ExportReport(
+            path=Path(out_path),
+            outtype=outtype,
+            tensor_types={"token_embd.weight": outtype.upper()},
+            parameter_count=7,
+            file_bytes=2**20,
+            tokenizer=Path("tokenizer.model"),
+            seconds=0.5,
+        )
+
+    monkeypatch.setattr(gguf_module, "export_gguf", fake_export)
+    return calls
+
+
+def test_options_reach_the_library(library_calls):
+    result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--outtype", "bf16", "--name", "My ELM"])
+    assert result.exit_code == 0, result.output
+    assert library_calls == [(Path("ckpt"), Path("m.gguf"), "bf16", {"name": "My ELM", "progress": False})]
+    assert "1 BF16" in result.output and "1.0 MiB" in result.output
+
+
+def test_default_outtype_is_f16(library_calls):
+    result = runner.invoke(app, ["export", "ckpt", "--output", "m.gguf"])
+    assert result.exit_code == 0, result.output
+    assert library_calls == [(Path("ckpt"), Path("m.gguf"), "f16", {"name": None, "progress": False})]
+
+
+def test_unknown_format_and_outtype_are_usage_errors(tiny_checkpoint, tmp_path):
+    for args in (["--format", "onnx"], ["--outtype", "q4_k"]):
+        result = runner.invoke(app, ["export", str(tiny_checkpoint), "-o", str(tmp_path / "x.gguf"), *args])
+        assert result.exit_code == 2 and args[1] in result.output
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_bad_directory_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    argv = ["elmtune", "export", str(tmp_path / "missing"), "--format", "gguf", "-o", str(tmp_path / "m.gguf")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()  # the console-script entry point
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a directory" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(llama_cpp_available(), reason="llama-cpp-python is installed")
+def test_check_without_llama_cpp_says_what_to_install(tiny_checkpoint, tmp_path):
+    out = tmp_path / "m.gguf"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "-o", str(out), "--check"])
+    assert result.exit_code == 1 and isinstance(result.exception, LlamaCppMissingError)
+    assert "pip install llama-cpp-python" in str(result.exception)
+    assert not out.exists()  # it fails before exporting
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="needs llama-cpp-python")
+@pytest.mark.parametrize(("outtype", "max_diff"), [("f32", 1e-3), ("f16", 5e-2)])
+def test_check_runs_the_file_with_llama_cpp(tiny_checkpoint, tmp_path, outtype, max_diff):
+    from elmtune.models.gguf_check import check_gguf
+
+    report = gguf_module.export_gguf(tiny_checkpoint, tmp_path / "m.gguf", outtype)
+    result = check_gguf(report.path, tiny_checkpoint)
+    assert result.tokenization_match
+    assert result.max_abs_diff <= max_diff, result
+    assert result.top1_agreement == 1.0, result
