@@ -1,0 +1,241 @@
+"""One call from a data config to what a training loop needs: datasets, lengths for the sampler, a collate function.
+
+```python
+data = prepare_data(DataConfig(path="train.jsonl", max_length=1024), tokenizer)
+sampler = LengthGroupedBatchSampler(data.train_lengths, batch_size=8, seed=0)
+loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate)
+```
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from elmtune.datasets.collate import collate_padded
+from elmtune.datasets.encoding import OVERLONG, SIDES, TokenizeConfig, TokenizeReport, tokenize_sft
+from elmtune.datasets.formats import FORMATS
+from elmtune.datasets.loading import (
+    LoadReport,
+    detect_source_format,
+    load_preference_examples,
+    load_sft_examples,
+)
+from elmtune.datasets.packing import PackedDataset, collate_packed
+from elmtune.datasets.preference import PreferenceTokenizeConfig, collate_preference, tokenize_preference
+from elmtune.datasets.templates import TEMPLATES
+from elmtune.models import PAD_TOKEN_ID
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Everything about the data of one run.
+
+    Attributes:
+        path: Local file, dataset directory or Hugging Face Hub dataset id.
+        format: ``auto`` or one of ``alpaca``, ``commonsense``, ``messages``, ``prompt_completion``, ``text``,
+            ``preference``.
+        split: Split of a directory or hub dataset.
+        subset: Hub configuration name.
+        revision: Hub revision.
+        template: ``auto``, ``alpaca``, ``chat`` or ``plain``.
+        max_length: Longest sequence in tokens (BOS and EOS included).
+        max_prompt_length: Preference data: longest prompt once a pair must be shortened.
+        train_on_prompt: SFT: train on every token, prompt included (Apple's commonsense recipe).
+        overlong: ``truncate``, ``drop`` or ``error`` for examples longer than ``max_length``.
+        truncation_side: SFT: ``right`` keeps the start, ``left`` keeps BOS and the end.
+        skip_invalid: Skip and count bad rows instead of stopping at the first.
+        packing: SFT: pack several examples per row of ``max_length`` tokens (block-diagonal attention).
+        pack_strategy: ``best_fit`` or ``sequential``.
+        system_prompt: Chat template: a system turn for conversations without one.
+        limit: Use only the first ``limit`` valid rows.
+        validation_size: Hold out this many examples (an int) or this fraction (a float in (0, 1)) for evaluation.
+        seed: Seed of the hold-out split.
+        pad_to_multiple_of: Round padded lengths up to a multiple of this.
+    """
+
+    path: str
+    format: str = "auto"
+    split: str = "train"
+    subset: str | None = None
+    revision: str | None = None
+    template: str = "auto"
+    max_length: int = 2048
+    max_prompt_length: int = 512
+    train_on_prompt: bool = False
+    overlong: Literal["truncate", "drop", "error"] = "truncate"
+    truncation_side: Literal["right", "left"] = "right"
+    skip_invalid: bool = False
+    packing: bool = False
+    pack_strategy: Literal["best_fit", "sequential"] = "best_fit"
+    system_prompt: str | None = None
+    limit: int | None = None
+    validation_size: int | float = 0
+    seed: int = 0
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.format in ("auto", *FORMATS), f"format must be auto or one of {', '.join(FORMATS)}"),
+            (self.template in TEMPLATES, f"template must be one of {', '.join(TEMPLATES)}"),
+            (self.overlong in OVERLONG, f"overlong must be one of {', '.join(OVERLONG)}"),
+            (self.truncation_side in SIDES, "truncation_side must be right or left"),
+            (self.pack_strategy in ("best_fit", "sequential"), "pack_strategy must be best_fit or sequential"),
+            (self.max_length >= 2, "max_length must be at least 2"),
+            (self.limit is None or self.limit > 0, "limit must be positive"),
+            (self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of must be positive"),
+            (not (self.packing and self.format == "preference"), "packing is for SFT data, not preference pairs"),
+            (_valid_holdout(self.validation_size), "validation_size must be an int >= 0 or a float in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def _valid_holdout(size: int | float) -> bool:
+    if isinstance(size, bool):
+        return False
+    if isinstance(size, int):
+        return size >= 0
+    return isinstance(size, float) and 0.0 <= size < 1.0
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Datasets ready for a ``DataLoader``.
+
+    Attributes:
+        kind: ``sft`` or ``preference``.
+        train: Map-style dataset: tokenised examples, packs (:class:`PackedDataset`) or tokenised pairs.
+        train_lengths: Tokens per item of ``train`` (for :class:`LengthGroupedBatchSampler`).
+        validation: Held-out items (same kind), or ``None``.
+        validation_lengths: Tokens per item of ``validation``, or ``None``.
+        collate: Picklable function turning a list of items into a batch of tensors.
+        load_report: Rows read and skipped.
+        tokenize_report: Truncated and dropped counts, token totals.
+        packed: Whether items are packs.
+    """
+
+    kind: str
+    train: Sequence[Any]
+    train_lengths: list[int]
+    validation: Sequence[Any] | None
+    validation_lengths: list[int] | None
+    collate: Callable[[list[Any]], dict[str, Any]]
+    load_report: LoadReport
+    tokenize_report: TokenizeReport
+    packed: bool = False
+
+    def summary(self) -> str:
+        """One line for logs."""
+        t = self.tokenize_report
+        held = f", {len(self.validation)} held out" if self.validation is not None else ""
+        items = "packs" if self.packed else ("pairs" if self.kind == "preference" else "examples")
+        return (
+            f"{self.load_report.source} ({self.load_report.format}): {self.load_report.rows} rows, "
+            f"{self.load_report.invalid + t.invalid} invalid skipped, {t.truncated} truncated, "
+            f"{t.dropped_overlong + t.dropped_no_target} dropped; {len(self.train)} training {items}{held}; "
+            f"{t.tokens} tokens ({t.target_tokens} targets)"
+        )
+
+
+def holdout_split(count: int, size: int | float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split of ``range(count)``; both index lists ascending.
+
+    Raises:
+        ValueError: When the hold-out would leave no training example.
+    """
+    n_val = int(round(count * size)) if isinstance(size, float) else int(size)
+    if n_val == 0:
+        return list(range(count)), []
+    if n_val >= count:
+        raise ValueError(f"validation_size {size} leaves no training example out of {count}")
+    perm = np.random.default_rng([seed, 0x5E1]).permutation(count)
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def _package(items: list[Any], config: DataConfig) -> tuple[Sequence[Any], list[int]]:
+    if config.packing:
+        packed = PackedDataset(items, config.max_length, config.pack_strategy)
+        return packed, packed.lengths
+    return items, [len(item) for item in items]
+
+
+def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
+    """Load, validate, tokenise, split and (optionally) pack a data source.
+
+    Args:
+        config: The data settings.
+        tokenizer: A fast tokenizer (:func:`elmtune.models.load_tokenizer`).
+
+    Returns:
+        A :class:`PreparedData`; its ``summary()`` reports rows, skipped rows and truncation counts.
+
+    Raises:
+        DataSourceError: The source cannot be read or its format cannot be detected.
+        DataRowError: A bad row (without ``skip_invalid``), or an over-long one with ``overlong="error"``.
+    """
+    data_format = config.format
+    if data_format == "auto":
+        data_format = detect_source_format(
+            config.path, split=config.split, subset=config.subset, revision=config.revision
+        )
+    source = {"split": config.split, "subset": config.subset, "revision": config.revision}
+    if data_format == "preference":
+        if config.packing:
+            raise ValueError("packing is for SFT data, not preference pairs")
+        pairs, load_report = load_preference_examples(
+            config.path, skip_invalid=config.skip_invalid, limit=config.limit, **source
+        )
+        pref_config = PreferenceTokenizeConfig(
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+            template=config.template,
+            overlong=config.overlong,
+        )
+        items, report = tokenize_preference(pairs, tokenizer, pref_config, skip_invalid=config.skip_invalid)
+        collate = functools.partial(
+            collate_preference, pad_token_id=PAD_TOKEN_ID, pad_to_multiple_of=config.pad_to_multiple_of
+        )
+        kind = "preference"
+    else:
+        examples, load_report = load_sft_examples(
+            config.path, data_format, skip_invalid=config.skip_invalid, limit=config.limit, **source
+        )
+        tok_config = TokenizeConfig(
+            max_length=config.max_length,
+            template=config.template,
+            train_on_prompt=config.train_on_prompt,
+            overlong=config.overlong,
+            truncation_side=config.truncation_side,
+            system_prompt=config.system_prompt,
+        )
+        items, report = tokenize_sft(examples, tokenizer, tok_config, skip_invalid=config.skip_invalid)
+        pad = {"pad_token_id": PAD_TOKEN_ID, "pad_to_multiple_of": config.pad_to_multiple_of}
+        collate = functools.partial(collate_packed if config.packing else collate_padded, **pad)
+        kind = "sft"
+    train_idx, val_idx = holdout_split(len(items), config.validation_size, config.seed)
+    train, train_lengths = _package([items[i] for i in train_idx], config)
+    validation = validation_lengths = None
+    if val_idx:
+        validation, validation_lengths = _package([items[i] for i in val_idx], config)
+    prepared = PreparedData(
+        kind=kind,
+        train=train,
+        train_lengths=train_lengths,
+        validation=validation,
+        validation_lengths=validation_lengths,
+        collate=collate,
+        load_report=load_report,
+        tokenize_report=report,
+        packed=config.packing,
+    )
+    logger.info("data: %s", prepared.summary())
+    return prepared
