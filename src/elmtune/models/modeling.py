@@ -135,13 +135,14 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # (B, n_kv, past + L, hd)
+        grouped = self.num_q_heads != self.num_kv_heads
+        if grouped and q.device.type == "mps":
+            # MPS SDPA kernels lack grouped-query support in several torch releases: expand K/V explicitly there.
+            repeats = self.num_q_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, n_q, S, hd)
+            grouped = False
         out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-            enable_gqa=self.num_q_heads != self.num_kv_heads,
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=grouped
         )  # (B, n_q, L, hd)
         out = out.transpose(1, 2).reshape(batch, length, self.num_q_heads * self.head_dim)
         return self.out_proj(out)

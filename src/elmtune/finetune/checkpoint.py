@@ -1,0 +1,199 @@
+"""Training checkpoints: written atomically, the last K kept, everything needed to resume exactly.
+
+A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
+
+    adapter/              the adapter in PEFT format (written by a caller-supplied function)
+    optimizer.pt          optimizer state (tensors and numbers only; loaded with ``weights_only=True``)
+    scheduler.json        LR scheduler state
+    rng.pt                torch / CUDA RNG states (tensors), loaded with ``weights_only=True``
+    rng.json              Python and NumPy RNG states
+    trainer_state.json    step, position in the data order, metrics so far
+    config.yaml           the full run config
+
+It is first written to a hidden temporary directory, every file is fsynced, then the directory is renamed into place
+(atomic on POSIX) and the parent fsynced. A process killed mid-write leaves only the temporary directory, which is
+ignored and cleaned up later; the previous checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class TrainerState:
+    """Counters of a run, saved in every checkpoint.
+
+    Attributes:
+        step: Optimizer steps completed.
+        epoch: Epoch of the next batch.
+        batch_in_epoch: Index of the next global batch within ``epoch``'s order.
+        tokens_seen: Supervised tokens processed so far.
+        elapsed_s: Training time so far (wall clock, excluding earlier crashed attempts' lost work).
+        log_history: Metrics rows logged so far.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_states() -> tuple[dict[str, torch.Tensor | list[torch.Tensor]], dict[str, Any]]:
+    """Current RNG states: (tensor states for ``torch.save``, JSON-able Python/NumPy states)."""
+    tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, plain
+
+
+def restore_rng_states(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states`."""
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    root: Path,
+    state: TrainerState,
+    *,
+    save_adapter: Callable[[Path], None],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: dict[str, Any],
+    keep_last: int | None = None,
+    extra_tensors: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint for ``state.step`` atomically and prune older ones.
+
+    Args:
+        root: The run's ``checkpoints/`` directory.
+        state: Counters to store.
+        save_adapter: Writes the adapter (PEFT format) into the directory it is given.
+        optimizer: Optimizer whose state is saved.
+        scheduler: LR scheduler whose state is saved.
+        config: The full run config (written as YAML).
+        keep_last: Keep only this many newest checkpoints (None: keep all).
+        extra_tensors: More tensor state to store in ``extra.pt`` (e.g. a gradient scaler's).
+
+    Returns:
+        The checkpoint directory.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step:08d}"
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_adapter(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
+    tensors, plain = rng_states()
+    torch.save(tensors, tmp / "rng.pt")
+    (tmp / "rng.json").write_text(json.dumps(plain))
+    if extra_tensors:
+        torch.save(extra_tensors, tmp / "extra.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. the final step after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for stale in root.iterdir():
+        if stale.name.startswith(TMP_PREFIX) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-write
+    if keep_last is not None:
+        for old in checkpoint_dirs(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _not_serializable(value: object) -> Any:
+    raise TypeError(f"scheduler state holds a non-JSON value {type(value).__name__}; use a LambdaLR over Schedule")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` read; the caller restores model, optimizer and scheduler from it."""
+
+    path: Path
+    state: TrainerState
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    config: dict[str, Any]
+    extra: dict[str, Any]
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+
+def load_checkpoint(path: Path, restore_rng: bool = True) -> LoadedCheckpoint:
+    """Read a checkpoint directory (and, by default, restore the RNG states it holds)."""
+    state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    scheduler = json.loads((path / "scheduler.json").read_text())
+    extra = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
+    if restore_rng:
+        restore_rng_states(torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text()))
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    return LoadedCheckpoint(path, state, optimizer, scheduler, config, extra)
