@@ -1,0 +1,26 @@
+"""Fixtures for data tests: the bundled tokenizer, the sample data files, a tiny random OpenELM in fp32."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_tokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    torch.manual_seed(0)
+    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).eval()
