@@ -1,0 +1,189 @@
+"""Fast DoRA as a peft LoRA variant, and the LoRA layer classes elmtune registers with peft.
+
+DoRA rescales every output row of the adapted weight ``W + s·B·A`` to a learned magnitude ``m``::
+
+    out = base(x) + (m / ||W + sBA|| - 1) * base(x) + (m / ||W + sBA||) * s * B(A(dropout(x)))
+        = bias + (m / ||W + sBA||) * (x·Wᵀ + s * B(A(dropout(x))))
+
+with the row norm ``||W + sBA||`` detached from the graph (DoRA paper §4.3). This is Apple CoreNet's formulation:
+under dropout the base output is reused, whereas peft's stock DoRA recomputes ``dropout(x)·Wᵀ`` (a second base matmul,
+about 1.7x LoRA's step time). Without dropout, or in eval mode, both are exactly DoRA.
+
+The row norm is computed without forming the (out, in) update matrix::
+
+    ||W + sBA||²_i = ||W_i||² + 2s · B_i·(W·Aᵀ)_i + s² · B_i·(A·Aᵀ)·B_iᵀ
+
+``||W_i||²`` is cached while the frozen base weight is unchanged, so a training step costs one (out, in, r) matmul and
+a few (out, r) operations on top of LoRA. With a bf16/fp16 base, ``W·Aᵀ`` runs in the base dtype (fp32 accumulation
+on GPU) and the rest in fp32.
+
+The magnitude is stored exactly where peft stores it (``lora_magnitude_vector``), so plain peft loads these adapters
+and gives the same eval outputs; merging uses peft's DoRA merge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import Embedding as PeftLoraEmbedding
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from peft.tuners.lora.variants import DoraLinearVariant
+from torch import nn
+
+_WSQ_KEY = "elmtune-dora-wsq"
+_NORM_KEY = "elmtune-dora-norm"
+
+
+def _base_weight(module: PeftLoraLinear) -> torch.Tensor:
+    """The base weight as (out, in), whatever the base layer's storage layout (Conv1D stores (in, out))."""
+    weight = module.get_base_layer().weight
+    return weight.T if module.fan_in_fan_out else weight
+
+
+def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+
+
+def base_row_sq_norms(module: PeftLoraLinear) -> torch.Tensor:
+    """``||W_i||²`` per output row in fp32 (out,), cached while the base weight is unchanged."""
+    weight = _base_weight(module)
+    key = _tensor_key(weight)
+    cached = module._caches.get(_WSQ_KEY)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        wsq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()  # (out,)
+    module._caches[_WSQ_KEY] = (key, wsq)
+    return wsq
+
+
+def dora_row_norm(module: PeftLoraLinear, adapter: str) -> torch.Tensor:
+    """Detached ``||W + s·B·A||`` per output row (out,), in the adapter's dtype.
+
+    In eval mode without autograd the result is cached until the adapter or base weights change (generation does
+    not recompute it for every token).
+    """
+    lora_a = module.lora_A[adapter].weight  # (r, in)
+    lora_b = module.lora_B[adapter].weight  # (out, r)
+    scaling = module.scaling[adapter]
+    cache_ok = not torch.is_grad_enabled() and not module.training
+    key = (adapter, _tensor_key(lora_a), _tensor_key(lora_b), _tensor_key(_base_weight(module)), scaling)
+    if cache_ok:
+        cached = module._caches.get(_NORM_KEY)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    weight = _base_weight(module)
+    with torch.no_grad():
+        wsq = base_row_sq_norms(module)  # (out,)
+        a = lora_a.to(weight.dtype) if weight.dtype in (torch.float16, torch.bfloat16) else lora_a
+        w_at = (weight.to(a.dtype) @ a.T).to(lora_b.dtype)  # (out, in) @ (in, r) -> (out, r)
+        cross = (lora_b * w_at).sum(dim=1)  # (out,)
+        gram = lora_a @ lora_a.T  # (r, r)
+        bab = ((lora_b @ gram) * lora_b).sum(dim=1)  # (out,)
+        norm = (wsq + 2 * scaling * cross + scaling**2 * bab).clamp_min(0).sqrt()  # (out,)
+    if cache_ok:
+        module._caches[_NORM_KEY] = (key, norm)
+    return norm
+
+
+class FastDoraLinearVariant(DoraLinearVariant):
+    """peft's DoRA variant with a forward that reuses the base output under dropout (see module docstring).
+
+    Initialisation (magnitude = row norms of ``W + sBA``), merge and unmerge are peft's.
+    """
+
+    @staticmethod
+    def forward(
+        module: PeftLoraLinear,
+        active_adapter: str,
+        x: torch.Tensor,
+        result: torch.Tensor,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """DoRA output (not just the update) for one adapter.
+
+        Args:
+            module: The LoRA layer.
+            active_adapter: Adapter name.
+            x: Layer input (..., in), already cast to the adapter dtype.
+            result: Output so far (..., out): the base output (plus earlier adapters), bias included.
+            **kwargs: Unused (peft's variant keyword arguments).
+
+        Returns:
+            (..., out) tensor.
+        """
+        lora_a = module.lora_A[active_adapter]
+        lora_b = module.lora_B[active_adapter]
+        dropout = module.lora_dropout[active_adapter]
+        scaling = module.scaling[active_adapter]
+        magnitude = module.lora_magnitude_vector[active_adapter].weight  # (out,)
+        scale = magnitude / dora_row_norm(module, active_adapter)  # (out,); gradient reaches m only
+        bias = module.get_base_layer().bias
+        base_out = result if bias is None else result - bias  # (..., out)
+        update = lora_b(lora_a(dropout(x)))  # (..., in) -> (..., r) -> (..., out)
+        out = scale * (base_out + scaling * update)  # (..., out)
+        return out if bias is None else out + bias
+
+
+class ElmLoraLinear(PeftLoraLinear):
+    """peft's LoRA Linear with :class:`FastDoraLinearVariant` for DoRA; everything else (LoRA math, keys) is peft's."""
+
+    @property
+    def lora_variants(self) -> dict[tuple[str, ...], Any]:
+        variants = dict(super().lora_variants)
+        variants[("use_dora",)] = FastDoraLinearVariant
+        return variants
+
+    def _clear_dora_caches(self) -> None:
+        self._caches.pop(_WSQ_KEY, None)
+        self._caches.pop(_NORM_KEY, None)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        self._clear_dora_caches()
+        super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        self._clear_dora_caches()
+
+    def unmerge(self) -> None:
+        self._clear_dora_caches()
+        super().unmerge()
+        self._clear_dora_caches()
+
+    def train(self, mode: bool = True) -> ElmLoraLinear:
+        self._caches.pop(_NORM_KEY, None)
+        return super().train(mode)
+
+
+class ElmLoraConv1D(ElmLoraLinear):
+    """:class:`ElmLoraLinear` for transformers ``Conv1D`` (GPT-2 style, weight stored (in, out))."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any) -> None:
+        kwargs["is_target_conv_1d_layer"] = True
+        super().__init__(base_layer, adapter_name, config=config, **kwargs)
+
+
+class ElmLoraEmbedding(PeftLoraEmbedding):
+    """peft's LoRA Embedding, always plain LoRA: DoRA on ``token_embeddings`` falls back to LoRA (as in CoreNet)."""
+
+    @property
+    def lora_variants(self) -> dict[tuple[str, ...], Any]:
+        variants = dict(super().lora_variants)
+        variants[("use_dora",)] = None
+        return variants
+
+
+def custom_module_mapping() -> dict[type[nn.Module], type[nn.Module]]:
+    """Base layer type -> elmtune LoRA layer, for ``LoraConfig._register_custom_module``."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {nn.Linear: ElmLoraLinear, nn.Embedding: ElmLoraEmbedding, Conv1D: ElmLoraConv1D}
+
+
+__all__ = [
+    "ElmLoraConv1D",
+    "ElmLoraEmbedding",
+    "ElmLoraLinear",
+    "FastDoraLinearVariant",
+    "custom_module_mapping",
+    "dora_row_norm",
+]

@@ -1,0 +1,330 @@
+"""Save and load adapters in standard PEFT format, plus elmtune's self-describing metadata.
+
+An adapter directory holds ``adapter_config.json`` (peft's ``LoraConfig``) and ``adapter_model.safetensors``
+(peft's keys), so plain ``peft.PeftModel.from_pretrained`` reads it, and ``elmtune_adapter.json`` with the base model
+id/preset, the base geometry fingerprint, the elmtune adapter config and the row blocks of split fused modules. The
+elmtune loader refuses an adapter whose base geometry differs, naming the first mismatching layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from elmtune import __version__
+from elmtune.adapters.apply import AdapterState, adapter_state, promote_trainable_norms
+from elmtune.adapters.config import AdapterConfig, AdapterError
+from elmtune.adapters.dora import custom_module_mapping
+from elmtune.adapters.fused import RowSplitLinear, split_fused_modules
+from elmtune.adapters.targets import is_openelm, layer_index
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+METADATA_FILE = "elmtune_adapter.json"
+METADATA_FORMAT = "elmtune-adapter"
+METADATA_VERSION = 1
+_PREFIX = "base_model.model."
+_COMPAT_SUFFIX = ".lora_magnitude_vector"
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The transformers model inside a ``PeftModel`` (the model itself otherwise)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _clean_param_name(name: str) -> str | None:
+    """A base parameter's name with peft wrappers removed; None for adapter-owned parameters."""
+    if "lora_" in name or ".modules_to_save." in name:
+        return None
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def base_signature(model: nn.Module) -> dict[str, Any]:
+    """Shape signature of the base model: global entries and one entry per decoder layer.
+
+    OpenELM uses its geometry (``12/3x64:768`` = query/kv heads x head_dim : FFN width, per layer); other models a
+    short hash of each layer's parameter shapes.
+    """
+    base = base_model_of(model)
+    if is_openelm(base):
+        parts = base.config.geometry.fingerprint().split(";")
+        return {"fingerprint": ";".join(parts), "global": ["openelm", *parts[:3]], "layers": parts[3:]}
+    shapes: dict[int | None, list[str]] = {}
+    for name, param in base.named_parameters():
+        clean = _clean_param_name(name)
+        if clean is not None:
+            shapes.setdefault(layer_index(clean), []).append(f"{clean}:{'x'.join(map(str, param.shape))}")
+    config = getattr(base, "config", None)
+    global_parts = [str(getattr(config, "model_type", type(base).__name__)), *sorted(shapes.get(None, []))]
+    layer_ids = sorted(i for i in shapes if i is not None)
+    layers = []
+    for i in layer_ids:
+        text = ";".join(sorted(s.split(f".{i}.", 1)[-1] for s in shapes[i]))
+        layers.append(hashlib.sha1(text.encode()).hexdigest()[:12])
+    fingerprint = hashlib.sha1(json.dumps([global_parts, layers]).encode()).hexdigest()[:16]
+    return {"fingerprint": fingerprint, "global": global_parts, "layers": layers}
+
+
+def check_signature(model: nn.Module, saved: dict[str, Any], source: str) -> None:
+    """Raise if ``model``'s base signature differs from the one saved with an adapter.
+
+    Raises:
+        AdapterError: One line naming the first mismatching layer (or the global difference).
+    """
+    ours = base_signature(model)
+    if ours["fingerprint"] == saved.get("fingerprint"):
+        return
+    head = f"adapter {source} was trained on a different base model"
+    if ours["global"] != saved.get("global"):
+        diff = [f"{a} vs {b}" for a, b in zip(saved.get("global", []), ours["global"], strict=False) if a != b]
+        detail = diff[0] if diff else f"{saved.get('global')} vs {ours['global']}"
+        raise AdapterError(f"{head}: {detail} (adapter's base vs this model)")
+    theirs_layers, our_layers = saved.get("layers", []), ours["layers"]
+    for i in range(max(len(theirs_layers), len(our_layers))):
+        a = theirs_layers[i] if i < len(theirs_layers) else "absent"
+        b = our_layers[i] if i < len(our_layers) else "absent"
+        if a != b:
+            what = " (q/kv heads x head_dim : FFN width)" if ours["global"][0] == "openelm" else ""
+            raise AdapterError(f"{head}: layer {i} is {a} there but {b} here{what}")
+    raise AdapterError(f"{head}: fingerprint {saved.get('fingerprint')} vs {ours['fingerprint']}")
+
+
+def row_blocks_of(model: nn.Module) -> dict[str, dict[str, list[int]]]:
+    """Full name of every split fused module -> block -> [start, stop] rows (JSON-ready)."""
+    base = base_model_of(model)
+    return {
+        name: {block: [start, stop] for block, (start, stop) in module.row_ranges().items()}
+        for name, module in base.named_modules()
+        if isinstance(module, RowSplitLinear)
+    }
+
+
+def _convert_rewritten_init(
+    tensors: dict[str, torch.Tensor], initial: dict[str, torch.Tensor], config: LoraConfig
+) -> None:
+    """PiSSA/OLoRA -> plain LoRA on the original base: ``s(BA - B0A0) = s [B, -B0] [A; A0]`` (rank doubles)."""
+    for key in list(tensors):
+        if key.endswith("lora_A.weight") or key.endswith("lora_embedding_A"):
+            tensors[key] = torch.cat([tensors[key], initial[key].to(tensors[key])], dim=0)
+        elif key.endswith("lora_B.weight") or key.endswith("lora_embedding_B"):
+            tensors[key] = torch.cat([tensors[key], -initial[key].to(tensors[key])], dim=1)
+    factor = 2**0.5 if config.use_rslora else 2.0
+    config.r *= 2
+    config.lora_alpha *= factor
+    config.rank_pattern = {k: 2 * v for k, v in config.rank_pattern.items()}
+    config.alpha_pattern = {k: factor * v for k, v in config.alpha_pattern.items()}
+    config.init_lora_weights = True
+
+
+def _embedding_compat_magnitudes(model: PeftModel, adapter: str) -> dict[str, torch.Tensor]:
+    """For DoRA adapters with a LoRA embedding: the magnitude plain peft's DoRA embedding needs to act as LoRA.
+
+    peft would build a DoRA embedding for such an adapter; with ``m = ||W + sBA||`` (computed by peft's own code) its
+    scale ``m / ||W + sBA||`` is 1, so plain peft reproduces elmtune's LoRA embedding.
+    """
+    from peft.tuners.lora.dora import DoraEmbeddingLayer
+
+    out = {}
+    for name, module in base_model_of(model).named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_embedding_A and adapter not in module.lora_variant:
+            layer = DoraEmbeddingLayer(fan_in_fan_out=True)
+            with torch.no_grad():
+                layer.update_layer(
+                    base_layer=module.get_base_layer(),
+                    lora_A=module.lora_embedding_A[adapter],
+                    lora_B=module.lora_embedding_B[adapter],
+                    scaling=module.scaling[adapter],
+                )
+            out[f"{_PREFIX}{name}{_COMPAT_SUFFIX}"] = layer.weight.detach().float()
+    return out
+
+
+def save_adapter(model: PeftModel, out_dir: str | Path, *, base_name: str | None = None) -> Path:
+    """Write the adapter of ``model`` to ``out_dir`` in PEFT format, with elmtune metadata.
+
+    Args:
+        model: A model from :func:`apply_adapter` or :func:`load_adapter` (a plain ``PeftModel`` works too).
+        out_dir: Directory to create or overwrite files in.
+        base_name: Base model id or preset recorded in the metadata and as peft's ``base_model_name_or_path``
+            (default: the model's ``name_or_path``).
+
+    Returns:
+        The output directory.
+
+    Raises:
+        AdapterError: If ``model`` has no LoRA adapter.
+    """
+    if not isinstance(model, PeftModel):
+        raise AdapterError("save_adapter needs the PeftModel returned by apply_adapter or load_adapter")
+    state = adapter_state(model) or AdapterState(config=None, adapter_name=model.active_adapter)
+    adapter = state.adapter_name
+    config = copy.deepcopy(model.peft_config[adapter])
+    if not isinstance(config, LoraConfig):
+        raise AdapterError(f"adapter '{adapter}' is a {type(config).__name__}, not LoRA/DoRA")
+    base = base_model_of(model)
+    base_name = base_name or getattr(base, "name_or_path", None) or None
+    tensors = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if state.initial:
+        _convert_rewritten_init(tensors, state.initial, config)
+    compat = _embedding_compat_magnitudes(model, adapter) if config.use_dora else {}
+    tensors.update(compat)
+    config.inference_mode = True
+    config.base_model_name_or_path = base_name
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out))
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    metadata = {
+        "format": METADATA_FORMAT,
+        "version": METADATA_VERSION,
+        "elmtune_version": __version__,
+        "base_model": base_name,
+        "base": base_signature(base),
+        "adapter_config": state.config.to_dict() if state.config is not None else None,
+        "row_blocks": row_blocks_of(base),
+        "converted_init": state.config.init if state.initial and state.config is not None else None,
+        "dora_embedding_as_lora": sorted(k[len(_PREFIX) : -len(_COMPAT_SUFFIX)] for k in compat),
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+def read_metadata(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """elmtune's metadata of an adapter directory, or None for an adapter saved by plain peft."""
+    path = Path(adapter_dir) / METADATA_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("format") != METADATA_FORMAT:
+        raise AdapterError(f"{path} is not an elmtune adapter metadata file")
+    if int(data.get("version", 0)) > METADATA_VERSION:
+        raise AdapterError(f"{path} was written by a newer elmtune (format {data['version']}); upgrade elmtune")
+    return data
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """Validate that a directory holds a PEFT adapter in safetensors format.
+
+    Raises:
+        AdapterError: Missing directory or files, or only a pickle (``.bin``) checkpoint.
+    """
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        raise AdapterError(f"adapter directory {path} does not exist")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"{path} has no {CONFIG_FILE}; is it an adapter directory?")
+    if not (path / WEIGHTS_FILE).is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise AdapterError(f"{path} holds a pickle checkpoint (adapter_model.bin); only safetensors are loaded")
+        raise AdapterError(f"{path} has no {WEIGHTS_FILE}")
+    return path
+
+
+def attach_adapter_from_dir(
+    base_model: nn.Module, adapter_dir: str | Path, *, adapter_name: str = "default"
+) -> tuple[PeftModel, dict[str, Any] | None]:
+    """Check the fingerprint, split fused modules and wrap ``base_model`` with the saved adapter's structure.
+
+    The adapter weights are left at their initial values (this is what ``inspect`` needs on a meta-device model).
+    """
+    path = check_adapter_dir(adapter_dir)
+    if isinstance(base_model, PeftModel) or any(isinstance(m, LoraLayer) for m in base_model.modules()):
+        raise AdapterError("this model already carries adapters; load onto the base model")
+    metadata = read_metadata(path)
+    if metadata is not None:
+        check_signature(base_model, metadata.get("base", {}), str(path))
+        blocks = {k: {b: (int(r[0]), int(r[1])) for b, r in v.items()} for k, v in metadata["row_blocks"].items()}
+        split_fused_modules(base_model, blocks)
+    config = LoraConfig.from_pretrained(str(path))
+    config.init_lora_weights = True  # never re-run data/SVD-based initialisations (they would rewrite the base)
+    config.inference_mode = False
+    config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
+    config._register_custom_module(custom_module_mapping())
+    for param in base_model.parameters():
+        param.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(base_model, config, adapter_name=adapter_name, autocast_adapter_dtype=True)
+    promote_trainable_norms(model)
+    adapter_config = None
+    if metadata is not None and metadata.get("adapter_config") is not None:
+        adapter_config = AdapterConfig.from_dict(metadata["adapter_config"])
+    model.__dict__["elmtune_adapter"] = AdapterState(config=adapter_config, adapter_name=adapter_name)
+    return model, metadata
+
+
+def load_adapter(
+    base_model: nn.Module, adapter_dir: str | Path, *, is_trainable: bool = False, adapter_name: str = "default"
+) -> PeftModel:
+    """Load a saved adapter onto a base model.
+
+    Handles every elmtune adapter (sub-projections included) and adapters saved by plain peft.
+
+    Args:
+        base_model: The base model the adapter was trained on (modified in place, as with peft).
+        adapter_dir: Directory written by :func:`save_adapter` (or by peft's ``save_pretrained``).
+        is_trainable: Keep adapter parameters trainable (to resume training; the train/eval mode is left as it
+            is); otherwise everything is frozen and the model is put in eval mode.
+        adapter_name: peft's adapter name.
+
+    Returns:
+        The peft model.
+
+    Raises:
+        AdapterError: Missing files, a pickle checkpoint, a base model whose geometry differs from the adapter's base
+            (the message names the first mismatching layer), or tensors that do not fit.
+    """
+    model, metadata = attach_adapter_from_dir(base_model, adapter_dir, adapter_name=adapter_name)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(adapter_dir) / WEIGHTS_FILE))
+    for name in (metadata or {}).get("dora_embedding_as_lora", []):
+        tensors.pop(f"{_PREFIX}{name}{_COMPAT_SUFFIX}", None)
+    try:
+        result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    except RuntimeError as err:
+        raise AdapterError(f"adapter {adapter_dir} does not fit this model: {str(err).splitlines()[0]}") from None
+    if result.unexpected_keys:
+        raise AdapterError(f"adapter {adapter_dir} has weights this model lacks: {result.unexpected_keys[0]}")
+    expected = {
+        n
+        for n, _ in model.named_parameters()
+        if ("lora_" in n and f".{adapter_name}" in n) or f".modules_to_save.{adapter_name}." in n
+    }
+    missing = sorted(expected & set(result.missing_keys))
+    if missing:
+        raise AdapterError(f"adapter {adapter_dir} lacks weights for {missing[0]}")
+    if not is_trainable:
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "METADATA_FILE",
+    "WEIGHTS_FILE",
+    "attach_adapter_from_dir",
+    "base_model_of",
+    "base_signature",
+    "check_adapter_dir",
+    "check_signature",
+    "load_adapter",
+    "read_metadata",
+    "row_blocks_of",
+    "save_adapter",
+]
