@@ -11,6 +11,7 @@ import sys
 import typer
 
 from elmtune import __version__
+from elmtune.cli import eval as eval_cmd
 from elmtune.cli import export as export_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.errors import ElmtuneError
@@ -40,6 +41,7 @@ def root(
 
 
 app.command("inspect")(inspect_cmd.inspect)
+app.command("eval")(eval_cmd.eval)
 app.command("export")(export_cmd.export)
 
 

@@ -1,0 +1,207 @@
+"""lm-eval's zero-shot commonsense tasks, rebuilt from its task configs: prompts, choices, gold and metrics.
+
+Each task reads the Hugging Face dataset lm-eval uses (online) or a local JSON / JSON Lines file in the same schema.
+The prompt (``doc_to_text``), choices (``doc_to_choice``), target delimiter (a space) and metrics follow lm-eval's YAML
+for the task; HellaSwag gets lm-eval's preprocessing and WinoGrande its partial scoring (one context per option, the
+rest of the sentence as the shared continuation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from elmtune.evaluation.data import DataError
+from elmtune.evaluation.items import Question
+
+TARGET_DELIMITER = " "
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LmEvalTask:
+    """One built-in lm-eval task.
+
+    Attributes:
+        name: lm-eval's task name.
+        dataset: Hugging Face dataset id, config name and split that lm-eval evaluates.
+        fields: Keys a row must have.
+        metrics: The metrics lm-eval reports for the task.
+        build: Row -> (contexts, continuations, gold). One context for all choices, or one per choice (partial
+            scoring) with a single shared continuation.
+    """
+
+    name: str
+    dataset: tuple[str, str | None, str]
+    fields: tuple[str, ...]
+    metrics: tuple[str, ...]
+    build: Callable[[Doc], tuple[list[str], list[str], int]]
+
+
+def _arc(doc: Doc) -> tuple[list[str], list[str], int]:
+    choices = doc["choices"]
+    return (
+        [f"Question: {doc['question']}\nAnswer:"],
+        list(choices["text"]),
+        list(choices["label"]).index(doc["answerKey"]),
+    )
+
+
+def _boolq(doc: Doc) -> tuple[list[str], list[str], int]:
+    return [f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"], ["no", "yes"], int(doc["label"])
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's HellaSwag cleaning: strip, ``" [title]"`` -> ``". "``, drop ``[...]`` markers, merge double spaces."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag(doc: Doc) -> tuple[list[str], list[str], int]:
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    query = hellaswag_preprocess(doc["activity_label"] + ": " + ctx)
+    return [query], [hellaswag_preprocess(ending) for ending in doc["endings"]], int(doc["label"])
+
+
+def _piqa(doc: Doc) -> tuple[list[str], list[str], int]:
+    return [f"Question: {doc['goal']}\nAnswer:"], [doc["sol1"], doc["sol2"]], int(doc["label"])
+
+
+def _sciq(doc: Doc) -> tuple[list[str], list[str], int]:
+    choices = [doc["distractor1"], doc["distractor2"], doc["distractor3"], doc["correct_answer"]]
+    return [f"{doc['support'].lstrip()}\nQuestion: {doc['question']}\nAnswer:"], choices, 3
+
+
+def _winogrande(doc: Doc) -> tuple[list[str], list[str], int]:
+    sentence = doc["sentence"]
+    blank = sentence.index("_")
+    contexts = [sentence[:blank] + doc["option1"], sentence[:blank] + doc["option2"]]
+    return contexts, [sentence[blank + 1 :].strip()], {"1": 0, "2": 1}[str(doc["answer"])]
+
+
+def _social_iqa(doc: Doc) -> tuple[list[str], list[str], int]:
+    choices = [doc["answerA"], doc["answerB"], doc["answerC"]]
+    return [f"Q: {doc['context']} {doc['question']}\nA:"], choices, int(doc["label"]) - 1
+
+
+def _openbookqa(doc: Doc) -> tuple[list[str], list[str], int]:
+    choices = doc["choices"]
+    return [doc["question_stem"]], list(choices["text"]), list(choices["label"]).index(doc["answerKey"].lstrip())
+
+
+_ACC_NORM = ("acc", "acc_norm")
+_ARC_FIELDS = ("question", "choices", "answerKey")
+
+LM_EVAL_TASKS: dict[str, LmEvalTask] = {
+    task.name: task
+    for task in (
+        LmEvalTask("arc_easy", ("allenai/ai2_arc", "ARC-Easy", "test"), _ARC_FIELDS, _ACC_NORM, _arc),
+        LmEvalTask("arc_challenge", ("allenai/ai2_arc", "ARC-Challenge", "test"), _ARC_FIELDS, _ACC_NORM, _arc),
+        LmEvalTask(
+            "boolq", ("aps/super_glue", "boolq", "validation"), ("passage", "question", "label"), ("acc",), _boolq
+        ),
+        LmEvalTask(
+            "hellaswag",
+            ("Rowan/hellaswag", None, "validation"),
+            ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+            _ACC_NORM,
+            _hellaswag,
+        ),
+        LmEvalTask("piqa", ("baber/piqa", None, "validation"), ("goal", "sol1", "sol2", "label"), _ACC_NORM, _piqa),
+        LmEvalTask(
+            "sciq",
+            ("allenai/sciq", None, "test"),
+            ("support", "question", "distractor1", "distractor2", "distractor3", "correct_answer"),
+            _ACC_NORM,
+            _sciq,
+        ),
+        LmEvalTask(
+            "winogrande",
+            ("allenai/winogrande", "winogrande_xl", "validation"),
+            ("sentence", "option1", "option2", "answer"),
+            ("acc",),
+            _winogrande,
+        ),
+        LmEvalTask(
+            "social_iqa",
+            ("lighteval/siqa", None, "validation"),
+            ("context", "question", "answerA", "answerB", "answerC", "label"),
+            ("acc",),
+            _social_iqa,
+        ),
+        LmEvalTask(
+            "openbookqa",
+            ("allenai/openbookqa", "main", "test"),
+            ("question_stem", "choices", "answerKey"),
+            _ACC_NORM,
+            _openbookqa,
+        ),
+    )
+}
+"""lm-eval task name -> definition."""
+
+TASK_ALIASES: dict[str, str] = {
+    **{name: name for name in LM_EVAL_TASKS},
+    "arc-easy": "arc_easy",
+    "arc-challenge": "arc_challenge",
+    "social_i_qa": "social_iqa",
+    "siqa": "social_iqa",
+    "obqa": "openbookqa",
+}
+"""Lower-case names (lm-eval's and LLM-Adapters') -> lm-eval task name."""
+
+
+def lmeval_question(task: LmEvalTask, doc: Doc, index: int) -> Question:
+    """One row of a built-in task as a question, exactly as lm-eval builds its requests.
+
+    Raises:
+        DataError: The row lacks a field of the task's schema.
+    """
+    missing = [key for key in task.fields if key not in doc]
+    if missing:
+        raise DataError(
+            f"{task.name} row {index}: missing {', '.join(missing)}; rows must follow the schema of "
+            f"{task.dataset[0]} (fields {', '.join(task.fields)})"
+        )
+    contexts, choices, gold = task.build(doc)
+    if len(contexts) == 1:
+        requests = tuple((contexts[0], TARGET_DELIMITER + choice) for choice in choices)
+        labels = tuple(choices)
+    else:
+        requests = tuple((context, TARGET_DELIMITER + choices[0]) for context in contexts)
+        labels = tuple(contexts)
+    return Question(
+        task=task.name,
+        index=index,
+        requests=requests,
+        gold=gold,
+        labels=labels,
+        norm_lengths=tuple(len(label) for label in labels),
+    )
+
+
+def load_hub_rows(task: LmEvalTask, limit: int | None) -> tuple[list[Doc], str]:
+    """The rows lm-eval evaluates, from the Hugging Face Hub (or its cache), and the dataset's fingerprint.
+
+    Raises:
+        DataError: The dataset cannot be loaded (e.g. offline and not cached).
+    """
+    import datasets
+
+    path, name, split = task.dataset
+    try:
+        dataset = datasets.load_dataset(path, name, split=split)
+    except Exception as error:  # noqa: BLE001 - every failure here means the same thing to the user
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"cannot load {path}{'/' + name if name else ''} ({split}) for {task.name}: {first}. Without network, "
+            f"pass a local file in the same schema with --data {task.name}=FILE"
+        ) from None
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return [dict(row) for row in dataset], getattr(dataset, "_fingerprint", "")

@@ -1,0 +1,254 @@
+"""Continuation log-likelihoods with shared-prefix batching.
+
+Every question is tokenised with lm-eval's semantics (:mod:`elmtune.evaluation.encoding`), laid out as one
+shared-prefix row (or full rows, see :mod:`elmtune.evaluation.layout`), sorted longest first, right-padded and batched.
+Log-probabilities are computed in fp32 from the logits of the needed positions only. A row's result never depends on
+its neighbours: padding is masked and positions are explicit.
+
+OpenELM (native, plain or with peft adapters) accepts the 4-D masks and position ids of the shared-prefix layout. Any
+other transformers causal LM is probed once: if its shared-prefix scores of a question do not match its full-sequence
+scores, it is scored with full sequences (one row per choice), which every causal LM supports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from elmtune.evaluation.batching import Batcher, BatchSize
+from elmtune.evaluation.encoding import EncodedRequest, encode_request
+from elmtune.evaluation.items import ChoiceScore, Question
+from elmtune.evaluation.layout import Row, collate, plan_rows
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["auto", "shared", "full"]
+
+DEFAULT_MAX_LENGTH = 2048
+_LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+_PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+
+
+def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+    """The context length lm-eval would use: config length attributes, then the tokenizer's, then 2048."""
+    config = getattr(model, "config", None)
+    for attr in _LENGTH_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**9:
+        return limit
+    return DEFAULT_MAX_LENGTH
+
+
+def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def supports_shared_prefix(model: torch.nn.Module) -> bool | None:
+    """True for elmtune's OpenELM (4-D masks and position ids are part of its contract); None when unknown."""
+    from elmtune.models.modeling import OpenELMForCausalLM
+
+    return True if isinstance(base_model_of(model), OpenELMForCausalLM) else None
+
+
+class LoglikelihoodScorer:
+    """Scores the choices of multiple-choice questions; keep one per model so the layout probe runs once.
+
+    Args:
+        model: A causal LM (OpenELM, peft-wrapped OpenELM, or any transformers causal LM) in eval mode.
+        tokenizer: Its tokenizer.
+        batch_size: Rows per forward pass, or ``"auto"`` (a token budget that halves on out-of-memory).
+        add_bos: Prepend BOS to contexts (None: the tokenizer's default), as lm-eval's ``add_bos_token``.
+        layout: ``"shared"`` (shared prefix), ``"full"`` (one row per choice, as lm-eval) or ``"auto"``.
+        max_length: Context length for left truncation; default from the model config (lm-eval's rule).
+        progress: Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: BatchSize = "auto",
+        add_bos: bool | None = True,
+        layout: Layout = "auto",
+        max_length: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if layout not in ("auto", "shared", "full"):
+            raise ValueError(f"layout must be auto, shared or full, not {layout!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.add_bos = add_bos
+        self.max_length = max_length or model_max_length(model, tokenizer)
+        self.progress = progress
+        self.device = next(model.parameters()).device
+        self.batcher = Batcher(batch_size, self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._keep_logits_arg = True
+        self.layout: Layout = layout
+        if layout == "auto" and supports_shared_prefix(model):
+            self.layout = "shared"
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def encode(self, question: Question) -> list[EncodedRequest]:
+        """lm-eval's tokenisation of every choice of ``question``."""
+        return [encode_request(self.tokenizer, ctx, cont, self.add_bos) for ctx, cont in question.requests]
+
+    def score(self, questions: Sequence[Question], description: str = "scoring") -> list[list[ChoiceScore]]:
+        """Log-likelihood of every choice of every question.
+
+        Args:
+            questions: The questions.
+            description: Progress-bar label.
+
+        Returns:
+            Per question, one :class:`ChoiceScore` per choice, in the questions' order.
+        """
+        encoded = [self.encode(q) for q in questions]
+        if self.layout == "auto":
+            self.layout = self._probe(encoded)
+        return self._score_encoded(encoded, shared=self.layout == "shared", description=description)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def _score_encoded(
+        self, encoded: Sequence[Sequence[EncodedRequest]], *, shared: bool, description: str = "scoring"
+    ) -> list[list[ChoiceScore]]:
+        keyed: list[tuple[int, Row]] = []
+        for q, requests in enumerate(encoded):
+            keyed += [(q, row) for row in plan_rows(requests, shared=shared, max_length=self.max_length)]
+        keyed.sort(key=lambda item: (-len(item[1].tokens), item[0]))
+        results: list[list[ChoiceScore | None]] = [[None] * len(requests) for requests in encoded]
+        remaining = _count_rows(keyed)
+        bar = tqdm(total=len(encoded), desc=description, disable=not self.progress, leave=False)
+
+        def step(batch: Sequence[tuple[int, Row]]) -> None:
+            scores = self._forward([row for _, row in batch])
+            for (q, row), row_scores in zip(batch, scores, strict=True):
+                for target, score in zip(row.targets, row_scores, strict=True):
+                    results[q][target.request] = score
+                remaining[q] -= 1
+                if remaining[q] == 0:
+                    bar.update(1)
+
+        try:
+            self.batcher.run(keyed, [len(row.tokens) for _, row in keyed], step)
+        finally:
+            bar.close()
+        missing = [q for q, row in enumerate(results) if any(score is None for score in row)]
+        if missing:
+            raise RuntimeError(f"internal error: questions {missing[:5]} were not fully scored")
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _forward(self, rows: Sequence[Row]) -> list[list[ChoiceScore]]:
+        ids, pos, mask, _ = collate(rows, self.pad_id)
+        width = ids.shape[1]
+        keep = width - min(row.first_needed for row in rows)  # logits of the last `keep` positions suffice
+        logits = self._logits(ids.to(self.device), pos.to(self.device), mask.to(self.device), keep)  # (B, keep, V)
+        offset = width - keep
+        batch_index, row_index, targets, spans = [], [], [], []
+        for b, row in enumerate(rows):
+            for target in row.targets:
+                start = len(targets)
+                batch_index += [b] * len(target.positions)
+                row_index += [p - offset for p in target.positions]
+                targets += target.tokens
+                spans.append((start, len(targets)))
+        picked = logits[torch.tensor(batch_index), torch.tensor(row_index)].float()  # (N, V)
+        logprobs = F.log_softmax(picked, dim=-1)  # (N, V) in fp32
+        target_ids = torch.tensor(targets, device=picked.device)
+        token_logprobs = logprobs.gather(1, target_ids[:, None])[:, 0].cpu()  # (N,)
+        greedy = (picked.argmax(dim=-1) == target_ids).cpu()  # (N,)
+        out: list[list[ChoiceScore]] = []
+        cursor = 0
+        for row in rows:
+            row_scores = []
+            for _ in row.targets:
+                start, end = spans[cursor]
+                cursor += 1
+                row_scores.append(
+                    ChoiceScore(float(token_logprobs[start:end].sum()), end - start, bool(greedy[start:end].all()))
+                )
+            out.append(row_scores)
+        return out
+
+    def _logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+        if self._keep_logits_arg:
+            try:
+                logits = self.model(**kwargs, logits_to_keep=keep).logits
+            except TypeError as error:
+                if "logits_to_keep" not in str(error):
+                    raise
+                self._keep_logits_arg = False
+                logits = self.model(**kwargs).logits
+        else:
+            logits = self.model(**kwargs).logits
+        return logits[:, -keep:]  # (B, keep, V)
+
+    def _probe(self, encoded: Sequence[Sequence[EncodedRequest]]) -> Layout:
+        """Decide between shared-prefix and full rows for a model of unknown mask support."""
+        sample = next((requests for requests in encoded if len(requests) > 1), None)
+        if sample is None:
+            return "full"
+        tolerance = _PROBE_TOLERANCE.get(next(self.model.parameters()).dtype, 0.25)
+        try:
+            shared = self._score_encoded([sample], shared=True, description="probe")[0]
+        except Exception as error:  # noqa: BLE001 - any failure means the model cannot take this layout
+            logger.info("shared-prefix layout rejected (%s); scoring full sequences", error)
+            return "full"
+        full = self._score_encoded([sample], shared=False, description="probe")[0]
+        worst = max(abs(a.loglikelihood - b.loglikelihood) for a, b in zip(shared, full, strict=True))
+        if worst > tolerance * max(1.0, max(abs(b.loglikelihood) for b in full)):
+            logger.info("shared-prefix scores differ from full sequences by %.3g; scoring full sequences", worst)
+            return "full"
+        return "shared"
+
+
+def _count_rows(keyed: Sequence[tuple[int, Row]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for q, _ in keyed:
+        counts[q] = counts.get(q, 0) + 1
+    return counts
+
+
+def score_questions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[Question],
+    *,
+    batch_size: BatchSize = "auto",
+    add_bos: bool | None = True,
+    layout: Layout = "auto",
+    progress: bool = False,
+) -> list[list[ChoiceScore]]:
+    """Log-likelihood of every choice of every question (a one-shot :class:`LoglikelihoodScorer`).
+
+    Args:
+        model: A causal LM in eval mode.
+        tokenizer: Its tokenizer.
+        questions: The questions.
+        batch_size: Rows per forward pass, or ``"auto"``.
+        add_bos: Prepend BOS to contexts (None: the tokenizer's default).
+        layout: ``"shared"``, ``"full"`` or ``"auto"``.
+        progress: Show a progress bar.
+
+    Returns:
+        Per question, one :class:`ChoiceScore` per choice.
+    """
+    scorer = LoglikelihoodScorer(
+        model, tokenizer, batch_size=batch_size, add_bos=add_bos, layout=layout, progress=progress
+    )
+    return scorer.score(questions)
