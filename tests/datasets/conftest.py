@@ -10,6 +10,15 @@ from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_tokenizer
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls run faster on one thread, and far faster on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer()

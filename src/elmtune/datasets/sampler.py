@@ -118,7 +118,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         share = len(batch) // self.num_replicas
         return batch[self.rank * share : (self.rank + 1) * share].tolist()
 
+    def _normalize(self) -> None:
+        """An epoch whose batches were all handed out is over: the position is the next epoch's start."""
+        if self.batch_index >= len(self):
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
     def __iter__(self) -> Iterator[list[int]]:
+        self._normalize()
         batches = self.global_batches(self.epoch)
         while self.batch_index < len(batches):
             batch = batches[self.batch_index]
@@ -142,9 +148,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if epoch < 0 or not 0 <= batch_index <= len(self):
             raise ValueError(f"position ({epoch}, {batch_index}) is outside 0..{len(self)} batches per epoch")
         self.epoch, self.batch_index = epoch, batch_index
+        self._normalize()
 
     def state_dict(self) -> dict[str, Any]:
         """The position and what defines the order (checked on load)."""
+        self._normalize()
         return {
             "epoch": self.epoch,
             "batch_index": self.batch_index,
