@@ -266,3 +266,19 @@ def test_preference_layouts_and_errors(tmp_path):
         with pytest.raises(DataRowError, match="bad.jsonl, line 2: .*" + reason.replace("(", r"\(")):
             load_preference_examples(path)
         assert load_preference_examples(path, skip_invalid=True)[1].invalid == 1
+
+
+def test_hub_id_goes_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, *, split, revision=None):
+        calls.append((path, name, split, revision))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    examples, report = load_sft_examples("someone/alpaca-like", split="train[:3]", revision="v1")
+    assert calls == [("someone/alpaca-like", None, "train[:3]", "v1")]
+    assert [e.output for e in examples] == [r["output"] for r in ROWS]
+    assert examples[1].where == "someone/alpaca-like [train[:3]], row 2"
