@@ -82,3 +82,11 @@ def test_prepare_preference_auto(tokenizer, data_dir):
     assert all(n <= 512 for n in data.train_lengths)
     batch = data.collate(data.train[:3])
     assert set(batch) == {f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")}
+
+
+def test_nothing_left_is_a_clear_error(tokenizer, data_dir):
+    from elmtune.datasets import DataSourceError
+
+    config = DataConfig(path=str(data_dir / "alpaca_en_demo_first200.json"), max_length=8, limit=3)
+    with pytest.raises(DataSourceError, match="no example left .*3 with no target within max_length 8"):
+        prepare_data(config, tokenizer)

@@ -19,6 +19,7 @@ import numpy as np
 
 from elmtune.datasets.collate import collate_padded
 from elmtune.datasets.encoding import OVERLONG, SIDES, TokenizeConfig, TokenizeReport, tokenize_sft
+from elmtune.datasets.errors import DataSourceError
 from elmtune.datasets.formats import FORMATS
 from elmtune.datasets.loading import (
     LoadReport,
@@ -221,6 +222,12 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
         pad = {"pad_token_id": PAD_TOKEN_ID, "pad_to_multiple_of": config.pad_to_multiple_of}
         collate = functools.partial(collate_packed if config.packing else collate_padded, **pad)
         kind = "sft"
+    if not items:
+        raise DataSourceError(
+            f"{config.path}: no example left after tokenisation ({report.invalid} with special-token text, "
+            f"{report.dropped_overlong} too long, {report.dropped_no_target} with no target within max_length "
+            f"{config.max_length})"
+        )
     train_idx, val_idx = holdout_split(len(items), config.validation_size, config.seed)
     train, train_lengths = _package([items[i] for i in train_idx], config)
     validation = validation_lengths = None
