@@ -140,13 +140,13 @@ def collate(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
 def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
     """4-D bool mask (B, 1, R, R) from segment ids (B, R): 0 = prefix, i > 0 = choice i, -1 = padding.
 
-    A query attends to earlier keys of the prefix and of its own segment; padding keys are never attended, and every
-    query attends at least to itself (so padding rows cannot produce NaN).
+    A query attends to earlier keys of the prefix and of its own segment; padding keys are never attended, and a padding
+    query attends only to itself (so no row is empty and none can produce NaN).
     """
     width = segments.shape[1]
     index = torch.arange(width, device=segments.device)
     causal = index[:, None] >= index[None, :]  # (R, R): query >= key
     query, key = segments[:, :, None], segments[:, None, :]  # (B, R, 1), (B, 1, R)
-    allowed = causal & ((key == query) | (key == 0)) & (key >= 0)  # (B, R, R)
+    allowed = causal & ((key == query) | (key == 0)) & (key >= 0) & (query >= 0)  # (B, R, R)
     allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)
     return allowed[:, None]  # (B, 1, R, R)

@@ -34,6 +34,7 @@ Layout = Literal["auto", "shared", "full"]
 DEFAULT_MAX_LENGTH = 2048
 _LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
 _PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+"""Largest shared-vs-full difference (nats, per choice) accepted by the probe, per dtype; 16-bit: 0.05."""
 
 
 def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
@@ -118,7 +119,10 @@ class LoglikelihoodScorer:
         """
         encoded = [self.encode(q) for q in questions]
         if self.layout == "auto":
-            self.layout = self._probe(encoded)
+            decided = self._probe(encoded)
+            if decided is None:  # every row is a plain causal sequence: any model scores it correctly
+                return self._score_encoded(encoded, shared=True, description=description)
+            self.layout = decided
         return self._score_encoded(encoded, shared=self.layout == "shared", description=description)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -198,12 +202,16 @@ class LoglikelihoodScorer:
             logits = self.model(**kwargs).logits
         return logits[:, -keep:]  # (B, keep, V)
 
-    def _probe(self, encoded: Sequence[Sequence[EncodedRequest]]) -> Layout:
-        """Decide between shared-prefix and full rows for a model of unknown mask support."""
-        sample = next((requests for requests in encoded if len(requests) > 1), None)
+    def _probe(self, encoded: Sequence[Sequence[EncodedRequest]]) -> Layout | None:
+        """Decide between shared-prefix and full rows for a model of unknown mask support.
+
+        Scores one question whose shared row has at least two choice segments both ways; None when no question has
+        (then every shared row is a plain causal sequence and the question does not arise yet).
+        """
+        sample = next((requests for requests in encoded if _segment_count(requests, self.max_length) >= 2), None)
         if sample is None:
-            return "full"
-        tolerance = _PROBE_TOLERANCE.get(next(self.model.parameters()).dtype, 0.25)
+            return None
+        tolerance = _PROBE_TOLERANCE.get(next(self.model.parameters()).dtype, 0.05)
         try:
             shared = self._score_encoded([sample], shared=True, description="probe")[0]
         except Exception as error:  # noqa: BLE001 - any failure means the model cannot take this layout
@@ -211,10 +219,15 @@ class LoglikelihoodScorer:
             return "full"
         full = self._score_encoded([sample], shared=False, description="probe")[0]
         worst = max(abs(a.loglikelihood - b.loglikelihood) for a, b in zip(shared, full, strict=True))
-        if worst > tolerance * max(1.0, max(abs(b.loglikelihood) for b in full)):
+        if worst > tolerance:
             logger.info("shared-prefix scores differ from full sequences by %.3g; scoring full sequences", worst)
             return "full"
         return "shared"
+
+
+def _segment_count(requests: Sequence[EncodedRequest], max_length: int) -> int:
+    rows = plan_rows(requests, shared=True, max_length=max_length)
+    return max(len({segment for segment in row.segments if segment > 0}) for row in rows)
 
 
 def _count_rows(keyed: Sequence[tuple[int, Row]]) -> dict[int, int]:
