@@ -59,6 +59,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         if mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be positive, got {mega_batch_factor}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
