@@ -32,8 +32,8 @@ def _parts():
 
 
 def _write_adapter(path):
-    path.mkdir()
-    (path / "adapter_model.safetensors").write_bytes(b"stand-in")
+    (path / "adapter").mkdir()
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"stand-in")
 
 
 def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
@@ -42,8 +42,14 @@ def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
     torch.manual_seed(5)
     random.seed(5)
     np.random.seed(5)
-    path = save_checkpoint(tmp_path, state, save_adapter=_write_adapter, optimizer=optimizer,
-                           scheduler=scheduler, config={"train": {"lr": 0.1}})  # fmt: skip
+    path = save_checkpoint(
+        tmp_path,
+        state,
+        write_model=_write_adapter,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config={"train": {"lr": 0.1}},
+    )
     expected = (torch.rand(2), random.random(), np.random.rand())
     torch.manual_seed(0)
     random.seed(0)
@@ -59,16 +65,24 @@ def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
 def test_keeps_only_the_last_k(tmp_path):
     _, optimizer, scheduler = _parts()
     for step in (1, 2, 3, 4):
-        save_checkpoint(tmp_path, TrainerState(step=step), save_adapter=_write_adapter, optimizer=optimizer,
-                        scheduler=scheduler, config={}, keep_last=2)  # fmt: skip
+        save_checkpoint(
+            tmp_path,
+            TrainerState(step=step),
+            write_model=_write_adapter,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config={},
+            keep_last=2,
+        )
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-00000003", "step-00000004"]
     assert latest_checkpoint(tmp_path).name == "step-00000004"
 
 
 def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
     _, optimizer, scheduler = _parts()
-    save_checkpoint(tmp_path, TrainerState(step=1), save_adapter=_write_adapter, optimizer=optimizer,
-                    scheduler=scheduler, config={})  # fmt: skip
+    save_checkpoint(
+        tmp_path, TrainerState(step=1), write_model=_write_adapter, optimizer=optimizer, scheduler=scheduler, config={}
+    )
     # A second process starts writing step 2 and is SIGKILLed while inside the adapter writer.
     script = textwrap.dedent(f"""
         import os, signal, time, torch
@@ -78,9 +92,9 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
         p = torch.nn.Parameter(torch.zeros(1)); opt = torch.optim.AdamW([p])
         sched = Schedule(peak_lr=1e-3, total_steps=3).scheduler(opt)
         def slow_adapter(path):
-            path.mkdir(); (path / "half-written").write_bytes(b"x" * 1000)
+            (path / "half-written").write_bytes(b"x" * 1000)
             print("writing", flush=True); time.sleep(60)
-        save_checkpoint(Path({str(tmp_path)!r}), TrainerState(step=2), save_adapter=slow_adapter,
+        save_checkpoint(Path({str(tmp_path)!r}), TrainerState(step=2), write_model=slow_adapter,
                         optimizer=opt, scheduler=sched, config={{}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -91,7 +105,8 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
     loaded = load_checkpoint(latest_checkpoint(tmp_path), restore_rng=False)
     assert loaded.state.step == 1
     # The next successful save removes the orphaned temporary directory.
-    save_checkpoint(tmp_path, TrainerState(step=3), save_adapter=_write_adapter, optimizer=optimizer,
-                    scheduler=scheduler, config={})  # fmt: skip
+    save_checkpoint(
+        tmp_path, TrainerState(step=3), write_model=_write_adapter, optimizer=optimizer, scheduler=scheduler, config={}
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000003"]
     assert json.loads((tmp_path / "step-00000003" / "trainer_state.json").read_text())["step"] == 3

@@ -76,8 +76,28 @@ def test_other_sizes_match_spec_lists():
     assert c3.ffn_dims[:4] == [1536, 1792, 2048, 2560] and c3.ffn_dims[-1] == 12288
     c450 = OpenELMConfig.from_preset("450M")
     assert c450.num_query_heads == _expand([(12, 3), (16, 7), (20, 6), (24, 4)])
-    assert c450.ffn_dims == [768, 1024, 1280, 1536, 1792, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 4352,
-                             4608, 5120, 5376, 5632, 5888, 6144]  # fmt: skip
+    assert c450.ffn_dims == [
+        768,
+        1024,
+        1280,
+        1536,
+        1792,
+        2304,
+        2560,
+        2816,
+        3072,
+        3328,
+        3584,
+        3840,
+        4096,
+        4352,
+        4608,
+        5120,
+        5376,
+        5632,
+        5888,
+        6144,
+    ]
 
 
 def test_tiny_preset_keeps_layer_wise_scaling():
@@ -92,8 +112,14 @@ def test_hub_ids_map_to_presets_and_stored_lists_win():
         OpenELMConfig.from_preset("1_1B").num_query_heads
     )
     # A saved config's per-layer lists are read as they are (as hub config.json files carry them).
-    stored = OpenELMConfig(num_transformer_layers=2, model_dim=64, head_dim=16, num_query_heads=[2, 4],
-                           num_kv_heads=[1, 2], ffn_multipliers=[1.0, 2.0])  # fmt: skip
+    stored = OpenELMConfig(
+        num_transformer_layers=2,
+        model_dim=64,
+        head_dim=16,
+        num_query_heads=[2, 4],
+        num_kv_heads=[1, 2],
+        ffn_multipliers=[1.0, 2.0],
+    )
     assert stored.num_query_heads == [2, 4] and stored.num_kv_heads == [1, 2]
     assert stored.ffn_dims == [256, 256]  # make_divisible(64, 256) and make_divisible(128, 256)
     with pytest.raises(ValueError, match="ffn_multipliers"):

@@ -24,9 +24,18 @@ def test_logits_equal_reference_semantics(tiny_model, reference_forward):
 
 
 def test_reference_semantics_on_mha_and_wider_heads(reference_forward):
-    config = OpenELMConfig(num_transformer_layers=2, model_dim=96, head_dim=32, num_gqa_groups=1,
-                           qkv_multipliers=[0.5, 1.0], ffn_multipliers=[1.0, 2.0], ffn_dim_divisor=32,
-                           normalize_qk_projections=True, share_input_output_layers=True, vocab_size=500)  # fmt: skip
+    config = OpenELMConfig(
+        num_transformer_layers=2,
+        model_dim=96,
+        head_dim=32,
+        num_gqa_groups=1,
+        qkv_multipliers=[0.5, 1.0],
+        ffn_multipliers=[1.0, 2.0],
+        ffn_dim_divisor=32,
+        normalize_qk_projections=True,
+        share_input_output_layers=True,
+        vocab_size=500,
+    )
     torch.manual_seed(2)
     model = OpenELMForCausalLM(config).eval()
     _randomize_norms(model)

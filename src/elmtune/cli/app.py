@@ -14,6 +14,7 @@ from elmtune import __version__
 from elmtune.cli import eval as eval_cmd
 from elmtune.cli import export as export_cmd
 from elmtune.cli import inspect as inspect_cmd
+from elmtune.cli import train as train_cmd
 from elmtune.errors import ElmtuneError
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ def root(
 
 
 app.command("inspect")(inspect_cmd.inspect)
+app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.eval)
 app.command("export")(export_cmd.export)
 

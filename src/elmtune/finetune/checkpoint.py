@@ -2,7 +2,8 @@
 
 A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
 
-    adapter/              the adapter in PEFT format (written by a caller-supplied function)
+    adapter/              the adapter in PEFT format        } written by a caller-supplied function
+    trainable.safetensors every trainable tensor, by name  }
     optimizer.pt          optimizer state (tensors and numbers only; loaded with ``weights_only=True``)
     scheduler.json        LR scheduler state
     rng.pt                torch / CUDA RNG states (tensors), loaded with ``weights_only=True``
@@ -115,7 +116,7 @@ def save_checkpoint(
     root: Path,
     state: TrainerState,
     *,
-    save_adapter: Callable[[Path], None],
+    write_model: Callable[[Path], None],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: dict[str, Any],
@@ -127,7 +128,7 @@ def save_checkpoint(
     Args:
         root: The run's ``checkpoints/`` directory.
         state: Counters to store.
-        save_adapter: Writes the adapter (PEFT format) into the directory it is given.
+        write_model: Writes the model's part (adapter, trainable tensors) into the directory it is given.
         optimizer: Optimizer whose state is saved.
         scheduler: LR scheduler whose state is saved.
         config: The full run config (written as YAML).
@@ -143,7 +144,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_adapter(tmp / "adapter")
+    write_model(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
     tensors, plain = rng_states()
@@ -185,6 +186,11 @@ class LoadedCheckpoint:
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
+
+
+def read_rng_states(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The RNG states stored in checkpoint ``path`` (for :func:`restore_rng_states`)."""
+    return torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text())
 
 
 def load_checkpoint(path: Path, restore_rng: bool = True) -> LoadedCheckpoint:

@@ -16,10 +16,12 @@ class Schedule:
     Attributes:
         peak_lr: LR reached at the end of warm-up.
         total_steps: Optimizer steps in the run.
-        warmup_steps: Steps of linear warm-up from ``warmup_init_lr`` to ``peak_lr``.
+        warmup_steps: Steps of linear warm-up: step ``i < warmup_steps`` uses
+            ``warmup_init_lr + (peak_lr - warmup_init_lr) * (i + 1) / warmup_steps``, so the last warm-up step
+            reaches ``peak_lr`` and no step is spent at the initial LR.
         kind: ``cosine`` or ``linear`` decay to ``min_lr`` after warm-up, or ``constant``.
         min_lr: LR at the last step (decaying schedules).
-        warmup_init_lr: LR at step 0.
+        warmup_init_lr: LR the warm-up starts from (reached at step -1).
     """
 
     peak_lr: float
@@ -42,7 +44,7 @@ class Schedule:
     def lr_at(self, step: int) -> float:
         """LR used for optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
-            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / self.warmup_steps
+            return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * (step + 1) / self.warmup_steps
         if self.kind == "constant":
             return self.peak_lr
         decay_steps = self.total_steps - self.warmup_steps
