@@ -104,7 +104,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory(tiny_model, tokenizer, quest
     scorer = LoglikelihoodScorer(wrapped, tokenizer, batch_size="auto", layout="shared", progress=False)
     scores = scorer.score(questions)
     assert max(wrapped.batches) > 2 and scorer.batcher.largest_batch == 2
-    reference = _lls(score_questions(tiny_model, tokenizer, questions, batch_size=1, layout="shared"))
+    reference = _lls(score_questions(tiny_model, tokenizer, questions, batch_size="auto", layout="shared"))
     for got, want in zip(_lls(scores), reference, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     fixed = LoglikelihoodScorer(_OutOfMemoryAboveTwoRows(tiny_model), tokenizer, batch_size=4, layout="shared")
