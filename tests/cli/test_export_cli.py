@@ -17,9 +17,14 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
+    """A tiny checkpoint whose every parameter, norms included, is random (so a swapped tensor changes logits)."""
     torch.manual_seed(0)
+    model = OpenELMForCausalLM(OpenELMConfig.from_preset("tiny"))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(1 + 0.3 * torch.randn_like(param) if param.ndim == 1 else 0.05 * torch.randn_like(param))
     path = tmp_path_factory.mktemp("export") / "tiny"
-    OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).save_pretrained(path)
+    model.save_pretrained(path)
     return path
 
 
@@ -96,12 +101,21 @@ def test_check_without_llama_cpp_says_what_to_install(tiny_checkpoint, tmp_path)
 
 
 @pytest.mark.skipif(not llama_cpp_available(), reason="needs llama-cpp-python")
-@pytest.mark.parametrize(("outtype", "max_diff"), [("f32", 1e-3), ("f16", 5e-2)])
-def test_check_runs_the_file_with_llama_cpp(tiny_checkpoint, tmp_path, outtype, max_diff):
+@pytest.mark.parametrize(("outtype", "max_diff", "min_top1"), [("f32", 1e-4, 1.0), ("f16", 5e-2, 0.9)])
+def test_check_runs_the_file_with_llama_cpp(tiny_checkpoint, tmp_path, outtype, max_diff, min_top1):
     from elmtune.models.gguf_check import check_gguf
 
     report = gguf_module.export_gguf(tiny_checkpoint, tmp_path / "m.gguf", outtype)
     result = check_gguf(report.path, tiny_checkpoint)
     assert result.tokenization_match
-    assert result.max_abs_diff <= max_diff, result
-    assert result.top1_agreement == 1.0, result
+    assert result.max_abs_diff <= max_diff, result  # f32: llama.cpp's graph on our file computes our logits
+    assert result.top1_agreement >= min_top1, result
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="needs llama-cpp-python")
+def test_check_option_prints_the_comparison(tiny_checkpoint, tmp_path):
+    out = tmp_path / "m.gguf"
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), "-o", str(out), "--outtype", "f32", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp check over" in result.output and "top-1 agreement 100.0%" in result.output
+    assert "tokenization identical" in result.output

@@ -101,6 +101,8 @@ def check_gguf(gguf_path: str | Path, model_dir: str | Path, text: str = CHECK_T
         logits_all=True,
         n_gpu_layers=0,
         n_threads=max(1, min(4, os.cpu_count() or 1)),
+        type_k=0,  # GGML_TYPE_F32: an f32 KV cache (llama.cpp's default is f16), so only the file's types round
+        type_v=0,
         verbose=False,
     )
     try:
