@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,11 @@ def _locate(module: str, metadata: Mapping[str, Any] | None) -> tuple[str, tuple
 
 @torch.no_grad()
 def adapter_deltas(
-    base_state_dict: Mapping[str, torch.Tensor], checkpoint: AdapterCheckpoint, *, include_embedding: bool = True
+    base_state_dict: Mapping[str, torch.Tensor],
+    checkpoint: AdapterCheckpoint,
+    *,
+    include_embedding: bool = True,
+    keys: Collection[str] | None = None,
 ) -> list[WeightDelta]:
     """fp32 updates of every adapted base tensor, in Apple's key layout.
 
@@ -125,6 +129,7 @@ def adapter_deltas(
         base_state_dict: The base model's state dict (Apple's keys; any dtype; read-only).
         checkpoint: The adapter (:func:`read_adapter`).
         include_embedding: Include embedding adapters (with a tied head they also change the output head).
+        keys: Only the updates of these base keys (None: all); a streaming merge asks for one key at a time.
 
     Returns:
         One :class:`WeightDelta` per adapted module (several per fused key for sub-projections).
@@ -139,6 +144,8 @@ def adapter_deltas(
     deltas = []
     for module, parts in modules.items():
         key, rows = _locate(module, checkpoint.metadata)
+        if keys is not None and key not in keys:
+            continue
         if key not in base_state_dict:
             raise AdapterError(f"adapter module {module} has no base tensor {key}")
         base = base_state_dict[key]
