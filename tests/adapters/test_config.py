@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from torch import nn
 
 from elmtune.adapters import AdapterConfig, AdapterError, build_lora_config
 from elmtune.adapters.config import parse_layers, parse_targets
@@ -74,7 +77,7 @@ def test_dict_round_trip() -> None:
     assert AdapterConfig.from_dict(data) == cfg
 
 
-def test_from_yaml_top_level_and_recipe_section(tmp_path) -> None:  # noqa: ANN001
+def test_from_yaml_top_level_and_recipe_section(tmp_path: Path) -> None:
     flat = tmp_path / "flat.yaml"
     flat.write_text("method: dora\nr: 16\ntargets: [q, v]\nlayers: 0-1\n")
     assert AdapterConfig.from_yaml(flat) == AdapterConfig(method="dora", r=16, targets=("q", "v"), layers=(0, 1))
@@ -89,7 +92,7 @@ def test_from_yaml_top_level_and_recipe_section(tmp_path) -> None:  # noqa: ANN0
         AdapterConfig.from_yaml(tmp_path / "missing.yaml")
 
 
-def test_lora_config_is_explicit(make_tiny) -> None:  # noqa: ANN001
+def test_lora_config_is_explicit(make_tiny: Callable[..., nn.Module]) -> None:
     model = make_tiny()
     cfg = AdapterConfig(method="dora", r=8, alpha=16, dropout=0.05, targets=("attn",), use_rslora=True, init="gaussian")
     lora = build_lora_config(model, cfg)

@@ -137,13 +137,14 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
         adapter_name: peft's adapter name.
 
     Returns:
-        The peft model; only adapter parameters (and norm copies with ``train_norms``) require gradients, and they
-        are fp32 on a bf16/fp16 base.
+        The peft model, in the base model's train/eval mode; only adapter parameters (and norm copies with
+        ``train_norms``) require gradients, and they are fp32 on a bf16/fp16 base.
 
     Raises:
         AdapterError: Targets that match nothing, a model that already has adapters, or invalid combinations.
     """
     _reject_wrapped(model)
+    training = model.training
     plan = resolve_targets(model, cfg)
     if cfg.method == "dora" and any(t.embedding for t in plan.targets):
         warnings.warn(
@@ -159,6 +160,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name, autocast_adapter_dtype=True)
     promote_trainable_norms(peft_model)
+    peft_model.train(training)  # new adapter modules (dropout) follow the base model's train/eval mode
     state = AdapterState(config=cfg, adapter_name=adapter_name)
     if cfg.rewrites_base:
         from peft import get_peft_model_state_dict

@@ -244,6 +244,7 @@ def attach_adapter_from_dir(
     if isinstance(base_model, PeftModel) or any(isinstance(m, LoraLayer) for m in base_model.modules()):
         raise AdapterError("this model already carries adapters; load onto the base model")
     metadata = read_metadata(path)
+    training = base_model.training
     if metadata is not None:
         check_signature(base_model, metadata.get("base", {}), str(path))
         blocks = {k: {b: (int(r[0]), int(r[1])) for b, r in v.items()} for k, v in metadata["row_blocks"].items()}
@@ -259,6 +260,7 @@ def attach_adapter_from_dir(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(base_model, config, adapter_name=adapter_name, autocast_adapter_dtype=True)
     promote_trainable_norms(model)
+    model.train(training)
     adapter_config = None
     if metadata is not None and metadata.get("adapter_config") is not None:
         adapter_config = AdapterConfig.from_dict(metadata["adapter_config"])
