@@ -172,19 +172,20 @@ def export_gguf(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
-    handles = {}
     try:
-        handles = {path: safe_open(str(path), framework="pt") for path in set(files.values())}
         writer.write_header_to_file(path=partial)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
-            writer.write_tensor_data(_encode(handles[files[plan.source]], plan))
+            # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
+            with safe_open(str(files[plan.source]), framework="pt") as handle:
+                data = _encode(handle, plan)
+            writer.write_tensor_data(data)
+            del data
         writer.close()
         os.replace(partial, out_path)
     finally:
         writer.close()
-        handles.clear()
         partial.unlink(missing_ok=True)
     return ExportReport(
         path=out_path,
