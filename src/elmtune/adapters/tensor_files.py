@@ -1,0 +1,342 @@
+"""Tensor sources and a streaming safetensors writer: what merges read from and write to, one tensor at a time.
+
+A tensor source knows the keys, shapes and dtypes of a checkpoint up front and hands out one tensor at a time:
+:class:`StateDictSource` wraps an in-memory state dict, :class:`SafetensorsSource` reads from safetensors files and
+opens the file for every tensor, so no memory map of the whole checkpoint stays resident.
+
+:class:`ShardedSafetensorsWriter` writes tensors in a planned order straight to safetensors files. The safetensors
+layout is an 8-byte little-endian header length, a JSON header (``dtype``, ``shape``, ``data_offsets`` per tensor,
+padded with spaces to 8 bytes) and the raw little-endian bytes; since the plan gives every shape and dtype, the header
+goes first and each tensor's bytes follow as the tensor is produced. Above ``max_shard_size`` the checkpoint is split
+into ``model-0000i-of-0000n.safetensors`` with a ``model.safetensors.index.json`` (transformers' layout).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from elmtune.errors import ElmtuneError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+DTYPE_CODES: dict[torch.dtype, str] = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+"""torch dtype -> safetensors dtype code (the dtypes a checkpoint may hold)."""
+_CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+class CheckpointFilesError(ElmtuneError):
+    """A checkpoint directory without usable safetensors files, or a write that does not follow its plan."""
+
+
+class TensorSource(Protocol):
+    """Read access to a checkpoint, one tensor at a time."""
+
+    def keys(self) -> list[str]:
+        """Every key, in storage order."""
+        ...
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Shape of ``key``."""
+        ...
+
+    def dtype(self, key: str) -> torch.dtype:
+        """dtype of ``key``."""
+        ...
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor ``key`` (CPU)."""
+        ...
+
+
+class StateDictSource:
+    """A :class:`TensorSource` over an in-memory state dict (tensors are handed out as they are, never copied)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self._tensors = dict(state_dict)
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._tensors[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key].detach().cpu()
+
+
+class OverlaySource:
+    """A :class:`TensorSource` where some keys of a base source are replaced by other tensors (e.g. trained norms)."""
+
+    def __init__(self, base: TensorSource, replacements: Mapping[str, torch.Tensor]) -> None:
+        self._base = base
+        self._replacements = dict(replacements)
+
+    def keys(self) -> list[str]:
+        return self._base.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._replacements[key].shape) if key in self._replacements else self._base.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._replacements[key].dtype if key in self._replacements else self._base.dtype(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._replacements[key] if key in self._replacements else self._base.get(key)
+
+
+def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
+    """Key -> the safetensors file that holds it, from the shard index or the single ``model.safetensors``.
+
+    Raises:
+        CheckpointFilesError: No safetensors checkpoint, or an index naming a missing shard.
+    """
+    from safetensors import safe_open
+
+    path = Path(model_dir)
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointFilesError(f"{index} has no weight_map")
+        files = {key: path / name for key, name in weight_map.items()}
+        missing = sorted({f.name for f in files.values() if not f.is_file()})
+        if missing:
+            raise CheckpointFilesError(f"{path} is incomplete: shard(s) {', '.join(missing)} are missing")
+        return files
+    single = path / SINGLE_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), single)
+    hint = " (pickle checkpoints are not read; re-save with safetensors)" if any(path.glob("*.bin")) else ""
+    raise CheckpointFilesError(f"'{path}' has no {SINGLE_FILE} or {INDEX_FILE}{hint}")
+
+
+class SafetensorsSource:
+    """A :class:`TensorSource` over safetensors files; each :meth:`get` opens the file, copies one tensor, closes it.
+
+    Args:
+        files: Key -> file (see :func:`checkpoint_files`).
+    """
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        from safetensors import safe_open
+
+        self._files = dict(files)
+        self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        by_file: dict[Path, list[str]] = {}
+        for key, file in self._files.items():
+            by_file.setdefault(file, []).append(key)
+        for file, keys in by_file.items():
+            with safe_open(str(file), framework="pt") as handle:
+                present = set(handle.keys())
+                for key in keys:
+                    if key not in present:
+                        raise CheckpointFilesError(f"{file.name} does not hold {key}, which the index says it does")
+                    view = handle.get_slice(key)
+                    code = view.get_dtype()
+                    if code not in _CODE_DTYPES:
+                        raise CheckpointFilesError(f"{key} is {code}; only F32, F16 and BF16 checkpoints are merged")
+                    self._info[key] = (tuple(view.get_shape()), _CODE_DTYPES[code])
+
+    @classmethod
+    def from_directory(cls, model_dir: str | Path) -> SafetensorsSource:
+        """The safetensors checkpoint in ``model_dir`` (single file or shards)."""
+        return cls(checkpoint_files(model_dir))
+
+    def keys(self) -> list[str]:
+        return list(self._info)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._info[key][0]
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._info[key][1]
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[key]), framework="pt") as handle:
+            tensor = handle.get_tensor(key)
+        return tensor.clone()  # own memory: nothing keeps the file mapped
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a planned checkpoint."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_CODES:
+            raise ValueError(f"{self.key}: dtype {self.dtype} cannot be written (use float32, float16 or bfloat16)")
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for size in self.shape:
+            numel *= size
+        return numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_shards(specs: Iterable[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
+    """Split tensors, in order, into shards of at most ``max_shard_size`` bytes (a larger tensor gets its own)."""
+    if max_shard_size <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {max_shard_size}")
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return shards if shards[0] else []
+
+
+def _header(specs: list[TensorSpec], metadata: Mapping[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for spec in specs:
+        header[spec.key] = {
+            "dtype": DTYPE_CODES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class ShardedSafetensorsWriter:
+    """Write planned tensors one at a time into (sharded) safetensors files.
+
+    Args:
+        out_dir: Existing directory to write into.
+        specs: Every tensor, in the order :meth:`write` will receive them.
+        max_shard_size: Bytes per shard file; one file (``model.safetensors``) when everything fits.
+        metadata: safetensors ``__metadata__`` (``{"format": "pt"}`` by default, as transformers writes).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        specs: Iterable[TensorSpec],
+        max_shard_size: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self._shards = plan_shards(specs, max_shard_size)
+        self._metadata = dict(metadata or {"format": "pt"})
+        count = len(self._shards)
+        self.file_names = (
+            [SINGLE_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        )
+        self._queue = [(i, spec) for i, shard in enumerate(self._shards) for spec in shard]
+        self._position = 0
+        self._handle = None
+
+    @property
+    def specs(self) -> list[TensorSpec]:
+        """Every planned tensor, in write order."""
+        return [spec for _, spec in self._queue]
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Append the next planned tensor.
+
+        Raises:
+            CheckpointFilesError: ``key``, shape or dtype differ from the plan.
+        """
+        if self._position >= len(self._queue):
+            raise CheckpointFilesError(f"{key}: every planned tensor has already been written")
+        shard, spec = self._queue[self._position]
+        if key != spec.key or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise CheckpointFilesError(
+                f"expected {spec.key} {list(spec.shape)} {spec.dtype}, got {key} {list(tensor.shape)} {tensor.dtype}"
+            )
+        if self._handle is None:
+            self._handle = open(self.out_dir / self.file_names[shard], "wb")  # noqa: SIM115 - closed at shard end
+            self._handle.write(_header(self._shards[shard], self._metadata))
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # raw little-endian bytes
+        self._handle.write(memoryview(data.numpy()))
+        self._position += 1
+        if self._position == len(self._queue) or self._queue[self._position][0] != shard:
+            self._handle.close()
+            self._handle = None
+
+    def finish(self) -> list[str]:
+        """Check that everything was written and write the shard index (when sharded).
+
+        Returns:
+            The files written, index included.
+
+        Raises:
+            CheckpointFilesError: Planned tensors were not written.
+        """
+        if self._position != len(self._queue):
+            raise CheckpointFilesError(f"{len(self._queue) - self._position} planned tensor(s) were not written")
+        if len(self.file_names) == 1:
+            return list(self.file_names)
+        index = {
+            "metadata": {"total_size": sum(spec.nbytes for spec in self.specs)},
+            "weight_map": {spec.key: self.file_names[i] for i, spec in self._queue},
+        }
+        (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        return [*self.file_names, INDEX_FILE]
+
+    def close(self) -> None:
+        """Close an open shard file (after an error)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000, ``"2GiB"`` -> 2 * 2**30, ``"500MB"``, ``"123"`` (bytes).
+
+    Raises:
+        ValueError: An unreadable size.
+    """
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    value = text.strip().upper().replace(" ", "")
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number) :]
+    try:
+        size = int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"cannot read size {text!r}; write it like 5GB, 500MB or 2GiB") from None
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return size
+
+
+__all__ = [
+    "DTYPE_CODES",
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "CheckpointFilesError",
+    "OverlaySource",
+    "SafetensorsSource",
+    "ShardedSafetensorsWriter",
+    "StateDictSource",
+    "TensorSource",
+    "TensorSpec",
+    "checkpoint_files",
+    "parse_size",
+]

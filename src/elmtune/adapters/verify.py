@@ -1,0 +1,288 @@
+"""The merge check: run a probe batch through the unmerged reference and the merged checkpoint and compare logits.
+
+Both models run layer by layer from their tensor sources (one decoder layer's weights materialised at a time, plus
+the embedding and the final norm), in fp32 arithmetic on fp32 copies of the stored weights. The check therefore
+measures what the merge did to the weights (the fp32 arithmetic and the single rounding to the output dtype), not the
+arithmetic of a half-precision runtime, and it needs about one layer of memory, whatever the model size.
+
+Numbers, over the real (unpadded) positions of the probe:
+
+* ``max_abs_diff``: ``max |logits_ref - logits_merged|``;
+* ``mean_kl``: mean over positions of ``KL(softmax(ref) || softmax(merged))`` (nats, computed in fp64);
+* ``top1_agreement``: share of positions where both models predict the same next token.
+
+Budgets (:meth:`VerifyBudget.for_dtype`): fp32 outputs must match within 1e-4 absolute on the logits; bf16/fp16
+outputs need top-1 agreement >= 99 % and mean KL <= 1e-3. Non-finite logits always fail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from elmtune.adapters.merge import AdapterCheckpoint
+from elmtune.adapters.tensor_files import OverlaySource, TensorSource
+
+PROBE_TEXTS: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog, and then it runs back into the forest.",
+    "Question: Which is heavier, a kilogram of feathers or a kilogram of iron?\nAnswer:",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
+    "In 1969, Apollo 11 landed on the Moon; Neil Armstrong and Buzz Aldrin walked on its surface.",
+    "To bake bread you need flour, water, salt and yeast. First, mix the ingredients in a large bowl.",
+    "La tour Eiffel se trouve à Paris. Elle a été construite pour l'Exposition universelle de 1889.",
+    "The sum of the first ten positive integers is 55, and the sum of their squares is 385.",
+)
+"""Probe prompts: prose, a question, an instruction, code, facts, a recipe, French and arithmetic."""
+
+
+@dataclass(frozen=True)
+class VerifyBudget:
+    """How far a merged model may drift from its reference (None: not checked).
+
+    Attributes:
+        max_abs_diff: Largest allowed absolute logit difference.
+        max_kl: Largest allowed mean KL divergence (nats).
+        min_top1: Smallest allowed top-1 agreement (0..1).
+    """
+
+    max_abs_diff: float | None = None
+    max_kl: float | None = None
+    min_top1: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_abs_diff is None and self.max_kl is None and self.min_top1 is None:
+            raise ValueError("a budget needs at least one of max_abs_diff, max_kl and min_top1")
+        for name in ("max_abs_diff", "max_kl"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
+            raise ValueError(f"min_top1 must be in [0, 1], got {self.min_top1}")
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype) -> VerifyBudget:
+        """The budget of an output dtype: fp32 1e-4 absolute; bf16/fp16 top-1 >= 99 % and KL <= 1e-3."""
+        if dtype == torch.float32:
+            return cls(max_abs_diff=1e-4)
+        return cls(max_kl=1e-3, min_top1=0.99)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class LogitComparison:
+    """Differences between two models' logits on the probe (see the module docstring)."""
+
+    max_abs_diff: float
+    mean_kl: float
+    top1_agreement: float
+    positions: int
+    finite: bool
+    max_abs_logit: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of the merge check.
+
+    Attributes:
+        comparison: Merged vs reference.
+        budget: The budget applied.
+        failures: One line per exceeded budget (empty when passed).
+        reference: What the merged model was compared with.
+        head_change: With a tied merge of an embedding adapter: merged vs Apple's unmerged model (whose head is the
+            base embedding); informational, not budgeted.
+    """
+
+    comparison: LogitComparison
+    budget: VerifyBudget
+    failures: tuple[str, ...]
+    reference: str
+    head_change: LogitComparison | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "compute": "fp32",
+            **self.comparison.to_dict(),
+            "budget": self.budget.to_dict(),
+            "failures": list(self.failures),
+            "head_change_vs_unmerged": None if self.head_change is None else self.head_change.to_dict(),
+        }
+
+
+def probe_batch(texts: Sequence[str] = PROBE_TEXTS, max_length: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise the probe with the bundled tokenizer: ``(input_ids, attention_mask)``, each (B, L), right-padded."""
+    from elmtune.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@torch.no_grad()
+def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> LogitComparison:
+    """Compare (B, L, V) logits at the positions where ``mask`` (B, L) is 1."""
+    keep = mask.bool()
+    ref = reference[keep].double()  # (N, V)
+    cand = candidate[keep].double()  # (N, V)
+    finite = bool(torch.isfinite(ref).all() and torch.isfinite(cand).all())
+    if not finite:
+        nan = math.nan
+        return LogitComparison(nan, nan, nan, int(keep.sum()), False, float(ref.abs().nan_to_num(0).max()))
+    ref_logp, cand_logp = ref.log_softmax(-1), cand.log_softmax(-1)
+    kl = (ref_logp.exp() * (ref_logp - cand_logp)).sum(-1)  # (N,)
+    top1 = (ref.argmax(-1) == cand.argmax(-1)).double().mean()
+    return LogitComparison(
+        max_abs_diff=float((ref - cand).abs().max()),
+        mean_kl=float(kl.mean().clamp_min(0)),
+        top1_agreement=float(top1),
+        positions=int(keep.sum()),
+        finite=True,
+        max_abs_logit=float(ref.abs().max()),
+    )
+
+
+def budget_failures(comparison: LogitComparison, budget: VerifyBudget) -> tuple[str, ...]:
+    """One line per exceeded budget (non-finite logits always fail)."""
+    if not comparison.finite:
+        return ("the logits contain NaN or inf",)
+    failures = []
+    if budget.max_abs_diff is not None and not comparison.max_abs_diff <= budget.max_abs_diff:
+        failures.append(f"max |logit diff| {comparison.max_abs_diff:.3g} > {budget.max_abs_diff:g}")
+    if budget.max_kl is not None and not comparison.mean_kl <= budget.max_kl:
+        failures.append(f"mean KL {comparison.mean_kl:.3g} > {budget.max_kl:g}")
+    if budget.min_top1 is not None and not comparison.top1_agreement >= budget.min_top1:
+        failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} < {budget.min_top1:.0%}")
+    return tuple(failures)
+
+
+def _materialise(module: nn.Module, prefix: str, source: TensorSource, device: torch.device) -> None:
+    tensors = {name: source.get(f"{prefix}.{name}").to(device, torch.float32) for name in module.state_dict()}
+    module.load_state_dict(tensors, assign=True)
+
+
+@torch.no_grad()
+def streamed_logits(
+    config: Any,
+    source: TensorSource,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    attach: Callable[[nn.Module], list[Any]] | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Logits (B, L, V) of the OpenELM stored in ``source``, computed one decoder layer at a time in fp32.
+
+    Args:
+        config: The model's ``OpenELMConfig``.
+        source: Its tensors (Apple's keys).
+        input_ids: (B, L) token ids.
+        attention_mask: (B, L) padding mask.
+        attach: Called with the (weightless) model before the forward; returns hook handles to remove afterwards
+            (used to attach the unmerged adapter).
+        device: Where to compute.
+    """
+    from elmtune.models.modeling import OpenELMForCausalLM
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = OpenELMForCausalLM(config).float().eval()
+    resident = ["transformer.token_embeddings", "transformer.norm"] + (["lm_head"] if model.lm_head is not None else [])
+    for name in resident:
+        _materialise(model.get_submodule(name), name, source, device)
+
+    def load_layer(index: int) -> Callable[..., None]:
+        return lambda module, args: _materialise(module, f"transformer.layers.{index}", source, device)
+
+    def release(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        module.to("meta")  # frees the layer's weights
+
+    handles = []
+    for index, layer in enumerate(model.transformer.layers):
+        handles.append(layer.register_forward_pre_hook(load_layer(index)))
+        handles.append(layer.register_forward_hook(release))
+    handles += attach(model) if attach is not None else []
+    try:
+        output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+        return output.logits.float().cpu()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.to("meta")
+
+
+def verify_merge(
+    config: Any,
+    base: TensorSource,
+    checkpoint: AdapterCheckpoint,
+    merged_config: Any,
+    merged: TensorSource,
+    *,
+    adapted_head: bool,
+    budget: VerifyBudget,
+    probe_texts: Sequence[str] = PROBE_TEXTS,
+    device: str | torch.device = "cpu",
+) -> VerifyResult:
+    """Check a merged checkpoint against the base with the adapter applied unmerged.
+
+    Args:
+        config: The base config.
+        base: The base tensors.
+        checkpoint: The adapter (trained norms in it replace the base norms in the reference).
+        merged_config: The merged checkpoint's config (read back from its ``config.json``).
+        merged: The merged tensors (read back from its files).
+        adapted_head: Tied merge of an embedding adapter: the reference head is the adapted embedding, and the
+            difference to Apple's unmerged model (base head) is reported as ``head_change``.
+        budget: The allowed drift.
+        probe_texts: The prompts.
+        device: Where to compute.
+
+    Returns:
+        The :class:`VerifyResult`.
+    """
+    from elmtune.adapters.merge import _group_modules
+    from elmtune.adapters.reference import attach_unmerged_adapter
+
+    ids, mask = probe_batch(probe_texts)
+    _, replaced = _group_modules(checkpoint)
+    reference_source = OverlaySource(base, replaced)
+
+    def run_reference(head: bool) -> torch.Tensor:
+        attach = lambda model: attach_unmerged_adapter(model, checkpoint, adapted_head=head, device=device)  # noqa: E731
+        return streamed_logits(config, reference_source, ids, mask, attach=attach, device=device)
+
+    reference = run_reference(adapted_head)
+    candidate = streamed_logits(merged_config, merged, ids, mask, device=device)
+    comparison = compare_logits(reference, candidate, mask)
+    head_change = compare_logits(run_reference(False), candidate, mask) if adapted_head else None
+    what = "the unmerged adapter with the adapted embedding as tied head" if adapted_head else "the unmerged adapter"
+    return VerifyResult(comparison, budget, budget_failures(comparison, budget), what, head_change)
+
+
+__all__ = [
+    "PROBE_TEXTS",
+    "LogitComparison",
+    "VerifyBudget",
+    "VerifyResult",
+    "budget_failures",
+    "compare_logits",
+    "probe_batch",
+    "streamed_logits",
+    "verify_merge",
+]
