@@ -45,12 +45,12 @@ from elmtune.models.gguf_vocab import add_vocab, read_vocab, tokenizer_dir_for
 
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
 
-T = gguf.GGMLQuantizationType
+_Q = gguf.GGMLQuantizationType
 OUTTYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
-    "f32": (gguf.LlamaFileType.ALL_F32, T.F32),
-    "f16": (gguf.LlamaFileType.MOSTLY_F16, T.F16),
-    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, T.BF16),
-    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, T.Q8_0),
+    "f32": (gguf.LlamaFileType.ALL_F32, _Q.F32),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, _Q.F16),
+    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, _Q.BF16),
+    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, _Q.Q8_0),
 }
 """``--outtype`` -> (``general.file_type``, type of the 2-D weight matrices)."""
 
@@ -103,6 +103,7 @@ class ExportReport:
         file_bytes: Size of the file.
         tokenizer: The ``tokenizer.model`` the vocabulary was read from.
         seconds: Wall time of the export.
+        type_counts: Stored type name -> number of tensors (derived from ``tensor_types``).
     """
 
     path: Path
@@ -323,10 +324,10 @@ def plan_tensors(
 def tensor_type(name: str, shape: tuple[int, ...], matrix_type: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
     """Storage type of one tensor: 1-D tensors and norms stay F32; Q8_0 needs rows in whole blocks, else F16."""
     if len(shape) <= 1 or name.endswith("_norm.weight"):
-        return T.F32
+        return _Q.F32
     block = gguf.GGML_QUANT_SIZES[matrix_type][0]
     if shape[-1] % block:
-        return T.F16
+        return _Q.F16
     return matrix_type
 
 
