@@ -14,6 +14,7 @@ from elmtune import __version__
 from elmtune.cli import eval as eval_cmd
 from elmtune.cli import export as export_cmd
 from elmtune.cli import inspect as inspect_cmd
+from elmtune.cli import merge as merge_cmd
 from elmtune.cli import train as train_cmd
 from elmtune.errors import ElmtuneError
 
@@ -45,6 +46,8 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.eval)
 app.command("export")(export_cmd.export)
+app.command("merge")(merge_cmd.merge)
+app.command("merge-adapters")(merge_cmd.merge_adapters)
 
 
 def main() -> None:

@@ -1,0 +1,178 @@
+"""``elmtune merge`` (adapter + base -> checked checkpoint) and ``elmtune merge-adapters`` (adapter arithmetic)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from elmtune.cli.options import ModelArg
+
+
+class MergeDtype(str, Enum):
+    """Output dtype of ``elmtune merge``."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class CombineMethod(str, Enum):
+    """``elmtune merge-adapters --method``."""
+
+    linear = "linear"
+    cat = "cat"
+    ties = "ties"
+    dare_linear = "dare_linear"
+    dare_ties = "dare_ties"
+    svd = "svd"
+
+
+class MajoritySign(str, Enum):
+    """TIES sign election."""
+
+    total = "total"
+    frequency = "frequency"
+
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The directory to create.", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
+
+
+def merge(
+    base: ModelArg,
+    adapter_dir: Annotated[
+        Path, typer.Argument(help="Adapter directory (elmtune or peft; LoRA or DoRA).", show_default=False)
+    ],
+    output: OutputOpt,
+    dtype: Annotated[
+        MergeDtype, typer.Option("--dtype", help="Output dtype; auto keeps the base's. Math is fp32, rounded once.")
+    ] = MergeDtype.auto,
+    untie_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--untie-embeddings",
+            help="Write a separate lm_head (the base embedding) so an embedding adapter merges exactly; "
+            "not exportable to GGUF.",
+        ),
+    ] = False,
+    low_memory: Annotated[
+        bool,
+        typer.Option("--low-memory", help="Stream the base tensor by tensor from its safetensors files."),
+    ] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the check against the unmerged adapter (not recommended).")
+    ] = False,
+    max_shard_size: Annotated[
+        str, typer.Option("--max-shard-size", help="Largest safetensors file before sharding, e.g. 5GB or 2GiB.")
+    ] = "5GB",
+    device: Annotated[str, typer.Option("--device", help="Device of the merge check (cpu, cuda, mps).")] = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Merge ADAPTER_DIR into BASE and write a checked OpenELM checkpoint directory.
+
+    The merged model is compared with the unmerged adapter on a probe batch; if it drifts beyond the output dtype's
+    budget the command fails and leaves no output directory.
+
+    Example: elmtune merge apple/OpenELM-270M runs/lora/final -o merged/ --dtype bf16
+    """
+    from rich.console import Console
+
+    from elmtune.adapters.merge_run import MergeOptions, merge_to_directory
+
+    console = Console(stderr=True)
+    options = MergeOptions(
+        dtype=None if dtype is MergeDtype.auto else dtype.value,
+        untie_embeddings=untie_embeddings,
+        low_memory=low_memory,
+        verify=not no_verify,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+        device=device,
+        progress=console.is_terminal,
+    )
+    result = merge_to_directory(base, adapter_dir, output, options)
+    report = result.report
+    typer.echo(
+        f"wrote {result.path} ({report['dtype']}, {len(report['changed_tensors'])} tensors changed, "
+        f"head {'tied' if report['embeddings']['tied'] else 'untied'}) in {report['seconds']['total']:.1f} s"
+    )
+    check = report["verification"]
+    if check is None:
+        typer.echo("merge check skipped (--no-verify)")
+    else:
+        typer.echo(
+            f"merge check passed: max |logit diff| {check['max_abs_diff']:.3g}, mean KL {check['mean_kl']:.3g}, "
+            f"top-1 agreement {check['top1_agreement']:.2%} over {check['positions']} positions"
+        )
+        head = check["head_change_vs_unmerged"]
+        if head is not None:
+            typer.echo(
+                f"note: the tied head now reads the adapted embedding; vs the unmerged adapter: top-1 agreement "
+                f"{head['top1_agreement']:.2%}, mean KL {head['mean_kl']:.3g} (use --untie-embeddings to keep it)"
+            )
+
+
+def merge_adapters(
+    adapter_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="LoRA adapter directories of one base (one is enough for svd rank reduction).", show_default=False
+        ),
+    ],
+    output: OutputOpt,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="Comma-separated weight per adapter, e.g. 0.7,0.3 (default 1 each).")
+    ] = None,
+    method: Annotated[CombineMethod, typer.Option("--method", help="How to combine.")] = CombineMethod.linear,
+    density: Annotated[float, typer.Option("--density", help="Share of entries kept by ties/dare methods.")] = 0.5,
+    majority_sign: Annotated[
+        MajoritySign, typer.Option("--majority-sign", help="TIES sign election.")
+    ] = MajoritySign.total,
+    svd_rank: Annotated[
+        int | None, typer.Option("--svd-rank", help="Rank of the svd result (default: largest input rank).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the DARE random drops.")] = 0,
+    allow_different_bases: Annotated[
+        bool,
+        typer.Option("--allow-different-bases", help="Accept adapters whose recorded base names differ (same shapes)."),
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Combine LoRA adapters of one base into one adapter (DoRA adapters are refused).
+
+    cat is exact (ranks add up); svd is the best low-rank approximation of the weighted sum; linear, ties and the
+    dare methods combine the A and B factors separately, as peft does. The report gives each method's deviation from
+    the exact weighted sum.
+
+    Example: elmtune merge-adapters runs/a/final runs/b/final --weights 0.6,0.4 --method svd -o combined/
+    """
+    from elmtune.adapters.arithmetic import CombineOptions, combine_adapters
+    from elmtune.adapters.config import AdapterError
+
+    parsed = None
+    if weights is not None:
+        try:
+            parsed = tuple(float(w) for w in weights.split(","))
+        except ValueError:
+            raise AdapterError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    options = CombineOptions(
+        method=method.value,
+        weights=parsed,
+        density=density,
+        majority_sign=majority_sign.value,
+        svd_rank=svd_rank,
+        seed=seed,
+        allow_different_bases=allow_different_bases,
+    )
+    result = combine_adapters(adapter_dirs, output, options, overwrite=overwrite)
+    report = result.report
+    ranks = sorted({m["rank"] for m in report["modules"].values()})
+    typer.echo(
+        f"wrote {result.path} ({report['method']} of {len(adapter_dirs)} adapters, {len(report['modules'])} modules, "
+        f"rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]}-{ranks[-1]}'}); deviation from the exact weighted sum: "
+        f"max {report['max_relative_deviation']:.3g}, mean {report['mean_relative_deviation']:.3g}"
+    )
