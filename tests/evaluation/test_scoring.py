@@ -165,3 +165,25 @@ def test_probe_falls_back_to_full_rows_when_the_layout_is_not_honoured(tiny_llam
 def test_a_question_needs_choices():
     with pytest.raises(ValueError, match="gold"):
         Question("t", 0, (("a", " b"),), 3, ("b",), (1,))
+
+
+def test_batch_prefix_is_encoded_once_and_reused(tiny_model, tokenizer, fixtures_dir, naive_scores, monkeypatch):
+    # Every Apple prompt starts with the same preamble: a batch of them encodes it once and reuses its KV cache.
+    questions = [
+        apple_question(row, task)
+        for task in ("piqa", "openbookqa")
+        for row in load_rows(fixtures_dir / "llm_adapters" / task / "test.json", task)[:2]
+    ]
+    scorer = LoglikelihoodScorer(tiny_model, tokenizer, batch_size=8, progress=False)
+    prefixes = []
+    original = scorer._logits_after_prefix
+
+    def spy(ids, pos, seg, prefix, keep):
+        prefixes.append((ids.shape[0], prefix))
+        return original(ids, pos, seg, prefix, keep)
+
+    monkeypatch.setattr(scorer, "_logits_after_prefix", spy)
+    scores = scorer.score(questions)
+    assert prefixes and prefixes[0][0] == 4 and prefixes[0][1] >= 30  # one batch of four rows, a long shared preamble
+    for got, want in zip(_lls(scores), naive_scores(questions), strict=True):
+        assert got == pytest.approx(want, abs=2e-4, rel=1e-5)

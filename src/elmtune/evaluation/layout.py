@@ -116,12 +116,11 @@ def plan_rows(requests: Sequence[EncodedRequest], *, shared: bool, max_length: i
     return [Row(tuple(tokens), tuple(positions), tuple(segments), tuple(targets))]
 
 
-def collate(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def collate(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad rows into a batch.
 
     Returns:
-        ``input_ids`` (B, R), ``position_ids`` (B, R), an attention mask, and whether that mask is 4-D. Plain rows get a
-        2-D padding mask (B, R); rows with choice segments get a 4-D bool mask (B, 1, R, R), True = attend.
+        ``input_ids`` (B, R), ``position_ids`` (B, R) and segment ids (B, R) with -1 on padding.
     """
     width = max(len(row.tokens) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -132,9 +131,32 @@ def collate(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
         ids[b, :n] = torch.tensor(row.tokens)
         pos[b, :n] = torch.tensor(row.positions)
         seg[b, :n] = torch.tensor(row.segments)
+    return ids, pos, seg
+
+
+def attention_mask(rows: Sequence[Row], segments: torch.Tensor) -> torch.Tensor:
+    """The mask a batch needs: a 2-D padding mask (B, R) when every row is a plain causal sequence, else the 4-D
+    shared-prefix mask (B, 1, R, R)."""
     if all(row.is_plain for row in rows):
-        return ids, pos, (seg >= 0).long(), False
-    return ids, pos, shared_prefix_mask(seg), True
+        return (segments >= 0).long()
+    return shared_prefix_mask(segments)
+
+
+def common_prefix(rows: Sequence[Row]) -> int:
+    """Length of the token prefix that every row of a batch shares (same ids, prefix segment, positions 0..P-1).
+
+    It stops before the first position whose logits any row needs and leaves every row at least one more token.
+    """
+    first = rows[0]
+    limit = min(min(row.first_needed for row in rows), min(len(row.tokens) for row in rows) - 1)
+    length = 0
+    while (
+        length < limit
+        and first.segments[length] == 0
+        and all(row.tokens[length] == first.tokens[length] and row.segments[length] == 0 for row in rows[1:])
+    ):
+        length += 1
+    return length
 
 
 def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,16 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from elmtune.evaluation.batching import Batcher, BatchSize
 from elmtune.evaluation.encoding import EncodedRequest, encode_request
 from elmtune.evaluation.items import ChoiceScore, Question
-from elmtune.evaluation.layout import Row, collate, plan_rows
+from elmtune.evaluation.layout import Row, attention_mask, collate, common_prefix, plan_rows, shared_prefix_mask
 
 logger = logging.getLogger(__name__)
 
 Layout = Literal["auto", "shared", "full"]
 
 DEFAULT_MAX_LENGTH = 2048
+MIN_BATCH_PREFIX = 16
+"""Batches whose rows all start with at least this many identical tokens (e.g. the preamble every Apple prompt shares)
+encode that prefix once and reuse its KV cache for every row (OpenELM only)."""
 _LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
 _PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 """Largest shared-vs-full difference (nats, per choice) accepted by the probe, per dtype; 16-bit: 0.05."""
@@ -99,7 +102,8 @@ class LoglikelihoodScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._keep_logits_arg = True
         self.layout: Layout = layout
-        if layout == "auto" and supports_shared_prefix(model):
+        self.reuse_batch_prefix = bool(supports_shared_prefix(model))
+        if layout == "auto" and self.reuse_batch_prefix:
             self.layout = "shared"
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -157,10 +161,15 @@ class LoglikelihoodScorer:
 
     @torch.inference_mode()
     def _forward(self, rows: Sequence[Row]) -> list[list[ChoiceScore]]:
-        ids, pos, mask, _ = collate(rows, self.pad_id)
+        ids, pos, seg = collate(rows, self.pad_id)
         width = ids.shape[1]
         keep = width - min(row.first_needed for row in rows)  # logits of the last `keep` positions suffice
-        logits = self._logits(ids.to(self.device), pos.to(self.device), mask.to(self.device), keep)  # (B, keep, V)
+        prefix = common_prefix(rows) if self.reuse_batch_prefix and len(rows) > 1 else 0
+        if prefix >= MIN_BATCH_PREFIX:
+            logits = self._logits_after_prefix(ids, pos, seg, prefix, keep)  # (B, keep, V)
+        else:
+            mask = attention_mask(rows, seg)
+            logits = self._logits(ids.to(self.device), pos.to(self.device), mask.to(self.device), keep)
         offset = width - keep
         batch_index, row_index, targets, spans = [], [], [], []
         for b, row in enumerate(rows):
@@ -201,6 +210,26 @@ class LoglikelihoodScorer:
         else:
             logits = self.model(**kwargs).logits
         return logits[:, -keep:]  # (B, keep, V)
+
+    def _logits_after_prefix(
+        self, ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, prefix: int, keep: int
+    ) -> torch.Tensor:
+        """Encode the batch's common prefix once, repeat its KV cache per row, then run only the rest of each row."""
+        dev = self.device
+        cache = self.model(
+            input_ids=ids[:1, :prefix].to(dev), position_ids=pos[:1, :prefix].to(dev), use_cache=True, logits_to_keep=1
+        ).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+        mask = shared_prefix_mask(seg.to(dev))[:, :, prefix:, :]  # (B, 1, R - P, R): suffix queries, all keys
+        out = self.model(
+            input_ids=ids[:, prefix:].to(dev),
+            position_ids=pos[:, prefix:].to(dev),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return out.logits[:, -keep:]  # (B, keep, V)
 
     def _probe(self, encoded: Sequence[Sequence[EncodedRequest]]) -> Layout | None:
         """Decide between shared-prefix and full rows for a model of unknown mask support.
