@@ -1,0 +1,189 @@
+"""``merge_to_directory`` on the tiny OpenELM in fp32: merged == unmerged, Apple's keys, untouched rows, the check."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elmtune.adapters import AdapterConfig, apply_adapter, load_adapter, save_adapter
+from elmtune.adapters.merge_run import MergeOptions, MergeVerificationError, merge_to_directory
+from elmtune.adapters.verify import PROBE_TEXTS, VerifyBudget
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
+
+PROBE = PROBE_TEXTS[:3]
+PER_LAYER = (
+    "attn_norm.weight",
+    "attn.qkv_proj.weight",
+    "attn.q_norm.weight",
+    "attn.k_norm.weight",
+    "attn.out_proj.weight",
+    "ffn_norm.weight",
+    "ffn.proj_1.weight",
+    "ffn.proj_2.weight",
+)
+APPLE_KEYS = {"transformer.token_embeddings.weight", "transformer.norm.weight"} | {
+    f"transformer.layers.{i}.{name}" for i in range(4) for name in PER_LAYER
+}  # the hub checkpoint's keys for 4 layers (openelm-spec §4.3)
+
+
+def trained_adapter(base_dir: Path, out: Path, seed: int = 1, **settings: object) -> Path:
+    """Save an adapter whose B (and embedding A, DoRA magnitudes) are non-zero, as after training."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_adapter(load_model(base_dir), AdapterConfig(**settings))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(k in name for k in ("lora_B", "lora_embedding_A", "lora_magnitude_vector")):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    save_adapter(model, out, base_name=str(base_dir))
+    return out
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("merge") / "base"
+    OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(3, 32000, (2, 11), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_checkpoint_equals_unmerged_adapter(base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str):
+    adapter = trained_adapter(
+        base_dir, tmp_path / "adapter", method=method, r=4, targets=("q", "v", "gate", "out_proj")
+    )
+    result = merge_to_directory(base_dir, adapter, tmp_path / "merged", MergeOptions(probe_texts=PROBE))
+
+    unmerged = load_adapter(load_model(base_dir), adapter)  # peft's own unmerged forward
+    merged = load_model(result.path)
+    base_logits, expected = logits_of(load_model(base_dir), ids), logits_of(unmerged, ids)
+    assert (expected - base_logits).abs().max() > 1e-2  # the adapter does something
+    torch.testing.assert_close(logits_of(merged, ids), expected, atol=1e-4, rtol=0)
+
+    saved = load_file(result.path / "model.safetensors")
+    assert set(saved) == APPLE_KEYS  # exactly Apple's keys: no lm_head, no adapter names
+    assert set(merged.state_dict()) == APPLE_KEYS
+    base = load_file(base_dir / "model.safetensors")
+    config = merged.config
+    for i in range(4):
+        q, kv = config.num_query_heads[i] * config.head_dim, config.num_kv_heads[i] * config.head_dim
+        ffn = config.ffn_dims[i]  # proj_1 rows: gate | up
+        qkv, new_qkv = (
+            base[f"transformer.layers.{i}.attn.qkv_proj.weight"],
+            saved[f"transformer.layers.{i}.attn.qkv_proj.weight"],
+        )
+        assert not torch.equal(new_qkv[:q], qkv[:q]) and not torch.equal(new_qkv[q + kv :], qkv[q + kv :])
+        assert torch.equal(new_qkv[q : q + kv], qkv[q : q + kv])  # k rows untouched, bit for bit
+        proj_1, new_proj_1 = (
+            base[f"transformer.layers.{i}.ffn.proj_1.weight"],
+            saved[f"transformer.layers.{i}.ffn.proj_1.weight"],
+        )
+        assert not torch.equal(new_proj_1[:ffn], proj_1[:ffn]) and torch.equal(new_proj_1[ffn:], proj_1[ffn:])
+    untouched = [k for k in APPLE_KEYS if not any(s in k for s in ("qkv_proj", "proj_1", "out_proj"))]
+    assert all(torch.equal(saved[k], base[k]) for k in untouched)
+
+    report = json.loads((result.path / "merge_report.json").read_text())
+    check = report["verification"]
+    assert check["passed"] and check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
+    assert report["adapter"]["method"] == method and report["dtype"] == "float32"
+    card = (result.path / "README.md").read_text()
+    assert f"| max abs logit difference | {check['max_abs_diff']:.3g} | <= 0.0001 |" in card
+    assert json.loads((result.path / "config.json").read_text())["num_query_heads"] == [4, 6, 6, 8]
+    assert (result.path / "tokenizer.model").is_file() and (result.path / "tokenizer.json").is_file()
+
+
+def test_merged_directory_loads_with_auto_class_and_exports_to_gguf(base_dir: Path, tmp_path: Path, ids: torch.Tensor):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import elmtune  # noqa: F401 - registers OpenELM with transformers
+    from elmtune.models.gguf import export_gguf
+
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+    out = merge_to_directory(base_dir, adapter, tmp_path / "merged", MergeOptions(verify=False)).path
+    auto = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(auto) is OpenELMForCausalLM and auto.config.share_input_output_layers
+    torch.testing.assert_close(logits_of(auto, ids), logits_of(load_model(out), ids), atol=0, rtol=0)
+    assert AutoTokenizer.from_pretrained(out)("Hello").input_ids == [1, 15043]
+
+    report = export_gguf(out, tmp_path / "m.gguf", "f32")
+    reader = gguf.GGUFReader(report.path)
+    tensor = next(t for t in reader.tensors if t.name == "blk.1.attn_output.weight")
+    expected = load_file(out / "model.safetensors")["transformer.layers.1.attn.out_proj.weight"]
+    assert torch.equal(torch.from_numpy(tensor.data.copy()).reshape(expected.shape), expected)
+
+
+def test_trained_norms_replace_the_base_norms(base_dir: Path, tmp_path: Path, ids: torch.Tensor):
+    adapter_dir = tmp_path / "adapter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_adapter(load_model(base_dir), AdapterConfig(r=4, targets=("v",), train_norms=True))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    save_adapter(model, adapter_dir)
+    result = merge_to_directory(base_dir, adapter_dir, tmp_path / "merged", MergeOptions(probe_texts=PROBE))
+    assert "transformer.layers.2.ffn_norm.weight" in result.report["changed_tensors"]
+    torch.testing.assert_close(logits_of(load_model(result.path), ids), logits_of(model.eval(), ids), atol=1e-4, rtol=0)
+
+
+def test_a_wrong_merge_fails_the_check_and_leaves_nothing(base_dir: Path, tmp_path: Path, monkeypatch):
+    from elmtune.adapters import streaming
+
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("out_proj",))
+    real = streaming.adapter_deltas
+
+    def off_by_one_percent(*args, **kwargs):  # a merge bug: the update scaled by 1.01
+        return [type(d)(d.key, d.rows, 1.01 * d.delta, d.module) for d in real(*args, **kwargs)]
+
+    monkeypatch.setattr(streaming, "adapter_deltas", off_by_one_percent)
+    out = tmp_path / "out" / "merged"
+    with pytest.raises(MergeVerificationError, match=r"max \|logit diff\| .* > 0.0001") as failure:
+        merge_to_directory(base_dir, adapter, out, MergeOptions(probe_texts=PROBE))
+    assert not failure.value.result.passed
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no partial directory either
+
+
+def test_a_forced_tiny_budget_fails_even_a_correct_merge(base_dir: Path, tmp_path: Path):
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+    options = MergeOptions(probe_texts=PROBE, budget=VerifyBudget(max_abs_diff=0.0))
+    with pytest.raises(MergeVerificationError, match="Nothing was written"):
+        merge_to_directory(base_dir, adapter, tmp_path / "merged", options)
+    assert not (tmp_path / "merged").exists()
+    assert merge_to_directory(
+        base_dir, adapter, tmp_path / "merged", MergeOptions(probe_texts=PROBE)
+    ).verification.passed
+
+
+def test_existing_output_is_refused_unless_overwrite(base_dir: Path, tmp_path: Path):
+    from elmtune.adapters.merged_checkpoint import OutputExistsError
+
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=2, targets=("v",))
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        merge_to_directory(base_dir, adapter, out, MergeOptions(verify=False))
+    merge_to_directory(base_dir, adapter, out, MergeOptions(verify=False, overwrite=True))
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not the private mode of a temporary directory
