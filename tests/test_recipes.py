@@ -14,7 +14,32 @@ def test_the_recipes_are_there():
     for size in ("270M", "450M", "1_1B", "3B"):
         for method in ("lora", "dora"):
             assert f"openelm-{size}-{method}-commonsense.yaml" in names
+        assert f"openelm-{size}-instruct-dpo.yaml" in names
     assert "tiny-lora-commonsense.yaml" in names
+
+
+# Spec section 8: per-size epochs, learning rate and loss of OpenELM-Instruct's preference tuning.
+INSTRUCT = {
+    "270M": (5, 2e-5, "hinge"),
+    "450M": (8, 3e-5, "hinge"),
+    "1_1B": (5, 5e-5, "sigmoid"),
+    "3B": (10, 1e-4, "hinge"),
+}
+
+
+@pytest.mark.parametrize("size", list(INSTRUCT))
+def test_apple_instruct_values(size):
+    c = load_run_config(Path(__file__).resolve().parents[1] / "recipes" / f"openelm-{size}-instruct-dpo.yaml")
+    t = c.train
+    assert (t.epochs, t.lr, t.preference_loss) == INSTRUCT[size]
+    assert (t.objective, t.beta, t.warmup, t.batch_size, t.grad_accum, t.seed) == ("dpo", 0.01, 0.1, 8, 2, 42)
+    assert (c.data.format, c.data.template, c.data.max_length, c.data.max_prompt_length) == (
+        "preference",
+        "chat",
+        1024,
+        512,
+    )
+    assert t.gradient_checkpointing and t.precision == "bf16" and t.schedule == "cosine"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -23,7 +48,9 @@ def test_recipe_loads(recipe):
     assert config.model and config.data.path
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.name.startswith("openelm-")], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "recipe", [p for p in RECIPES if p.stem.endswith("-commonsense") and "tiny" not in p.stem], ids=lambda p: p.stem
+)
 def test_apple_commonsense_values(recipe):
     c = load_run_config(recipe)
     size, method = recipe.stem.split("-")[1:3]

@@ -41,6 +41,9 @@ _FLAG_KEYS = {
     "schedule": "train.schedule",
     "warmup": "train.warmup",
     "z_loss": "train.z_loss",
+    "objective": "train.objective",
+    "preference_loss": "train.preference_loss",
+    "beta": "train.beta",
     "seed": "train.seed",
     "log_every": "train.log_every",
     "eval_every": "train.eval_every",
@@ -125,6 +128,9 @@ def train(
     schedule: Annotated[str | None, Opt(help="cosine, linear or constant.")] = None,
     warmup: Annotated[str | None, Opt(help="Warm-up steps (int) or fraction (float).")] = None,
     z_loss: Annotated[float | None, Opt(help="z-loss coefficient (Apple: 1e-4).")] = None,
+    objective: Annotated[str | None, Opt(help="sft, or dpo for preference pairs.")] = None,
+    preference_loss: Annotated[str | None, Opt(help="dpo: sigmoid (DPO), hinge or ipo.")] = None,
+    beta: Annotated[float | None, Opt(help="dpo: beta (Apple's Instruct recipe: 0.01).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed.")] = None,
     log_every: Annotated[int | None, Opt(help="Log every N steps.")] = None,
     eval_every: Annotated[int | None, Opt(help="Validate every N steps.")] = None,
@@ -135,7 +141,7 @@ def train(
     base_dtype: Annotated[str | None, Opt(help="Base weights: auto, fp32, bf16 or fp16.")] = None,
     gradient_checkpointing: Annotated[bool | None, Opt(help="Recompute activations to save memory.")] = None,
 ) -> None:
-    """Fine-tune a LoRA/DoRA adapter (SFT) and write a self-describing run directory."""
+    """Fine-tune a LoRA/DoRA adapter (SFT or preference optimisation) and write a self-describing run directory."""
     if num_processes > 1 and "RANK" not in os.environ:
         _relaunch(num_processes)
     if resume and resume_from is not None:

@@ -37,7 +37,10 @@ class TrainConfig:
 
     Attributes:
         output_dir: The run directory (config, metrics, checkpoints, final adapter, loss curve).
-        objective: ``sft`` (masked next-token cross-entropy).
+        objective: ``sft`` (masked next-token cross-entropy) or ``dpo`` (preference optimisation on pairs; the data
+            must be preference pairs).
+        preference_loss: ``sigmoid`` (DPO), ``hinge`` or ``ipo``.
+        beta: Preference temperature / inverse margin (Apple's OpenELM-Instruct recipe: 0.01).
         batch_size: Examples per micro-batch on one process.
         grad_accum: Micro-batches per optimizer step (the gradient equals the large-batch gradient).
         max_steps: Optimizer steps; when unset, ``epochs`` decides.
@@ -65,7 +68,9 @@ class TrainConfig:
     """
 
     output_dir: str = "runs/elmtune"
-    objective: Literal["sft"] = "sft"
+    objective: Literal["sft", "dpo"] = "sft"
+    preference_loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
+    beta: float = 0.1
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int | None = None
@@ -94,7 +99,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         checks = [
-            (self.objective == "sft", "objective must be sft"),
+            (self.objective in ("sft", "dpo"), "objective must be sft or dpo"),
+            (self.preference_loss in ("sigmoid", "hinge", "ipo"), "preference_loss must be sigmoid, hinge or ipo"),
+            (self.beta > 0, "beta must be positive"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.epochs > 0, "epochs must be positive"),

@@ -79,6 +79,11 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None) 
     set_seed(cfg.seed)  # the random weights of a preset base and the adapter's initialisation depend on it
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer)
+    if (data.kind == "preference") != (cfg.objective == "dpo"):
+        raise ElmtuneError(
+            f"objective {cfg.objective} does not fit {data.kind} data: use --objective dpo with "
+            "preference pairs (prompt/chosen/rejected) and sft with everything else"
+        )
     model = load_model(config.model, dtype=plan.base_dtype)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -89,7 +94,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None) 
     torch.manual_seed(cfg.seed)
     return train(
         model,
-        build_objective(cfg.objective, z_loss=cfg.z_loss),
+        build_objective(cfg.objective, z_loss=cfg.z_loss, beta=cfg.beta, preference_loss=cfg.preference_loss),
         data,
         cfg,
         run_dir=run_dir,
