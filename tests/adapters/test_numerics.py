@@ -212,3 +212,20 @@ def test_fast_dora_under_dropout_is_corenets_formula(make_tiny: Callable[..., nn
     wx = x @ w.T
     expected = wx + (ratio - 1) * wx + ratio * s * (dropped @ a.T @ b.T)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dora_eval_cache_follows_weight_updates(
+    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], ids: torch.Tensor
+) -> None:
+    model = adapted(make_tiny, perturb, method="dora", targets="q,proj_1")
+    first = logits(model, ids)
+    assert torch.equal(logits(model, ids), first)  # cached norms reused
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.mul_(1.5)  # an in-place update, as an optimizer step makes
+    updated = logits(model, ids)
+    assert not torch.equal(updated, first)
+    for module in model.modules():
+        getattr(module, "_caches", {}).clear()
+    torch.testing.assert_close(logits(model, ids), updated, atol=1e-6, rtol=0)

@@ -36,3 +36,13 @@ def test_missing_data_is_a_one_line_error(fixtures_dir, tmp_path):
     row_error.write_text('[{"instruction": "x"}]')
     with pytest.raises(DataError, match="missing answer"):
         commonsense.load_rows(row_error, "boolq")
+
+
+def test_an_empty_file_is_an_error_not_an_empty_result(tmp_path):
+    from elmtune.evaluation.config import EvalConfig
+    from elmtune.evaluation.protocols import run_mc
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no questions"):
+        run_mc(None, "empty", empty, EvalConfig(protocol="mc", data=(str(empty),)))

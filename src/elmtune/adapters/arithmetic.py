@@ -192,6 +192,33 @@ def _combine_factors(factors: Sequence[torch.Tensor], weights: torch.Tensor, opt
         return merge_utils.dare_ties(list(factors), weights, options.density, options.majority_sign)
 
 
+def _truncated_svd(a_cat: torch.Tensor, b_cat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` SVD truncation of ``b_cat @ a_cat`` from QR factors, never forming the (out, in) matrix.
+
+    ``B = Q_b R_b`` and ``Aᵀ = Q_a R_a`` give ``B·A = Q_b (R_b R_aᵀ) Q_aᵀ``; the SVD of the small core
+    ``U_c S V_cᵀ`` yields ``U = Q_b U_c`` and ``V = Q_a V_c`` (all in fp64). Returns ``(A_R, B_R)`` with
+    ``B_R = U_R S_R`` and ``A_R = V_Rᵀ``.
+    """
+    q_b, r_b = torch.linalg.qr(b_cat.double())  # (out, k), (k, Σr)
+    q_a, r_a = torch.linalg.qr(a_cat.double().T)  # (in, k'), (k', Σr)
+    u_c, s, vh_c = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core (k, k')
+    rank = min(rank, s.shape[0])
+    return vh_c[:rank] @ q_a.T, (q_b @ u_c[:, :rank]) * s[:rank]  # (R, in), (out, R)
+
+
+def _relative_deviation(a_new: torch.Tensor, b_new: torch.Tensor, a_cat: torch.Tensor, b_cat: torch.Tensor) -> float:
+    """``||B_new A_new - B_cat A_cat||_F / ||B_cat A_cat||_F`` from r x r Gram matrices (fp64), without (out, in)."""
+
+    def frobenius_sq(b: torch.Tensor, a: torch.Tensor) -> float:  # ||B A||_F^2 = sum((BᵀB) * (A Aᵀ))
+        b, a = b.double(), a.double()
+        return float(((b.T @ b) * (a @ a.T)).sum())
+
+    error_sq = frobenius_sq(torch.cat([b_new, b_cat], dim=1), torch.cat([a_new, -a_cat], dim=0))
+    norm_sq = frobenius_sq(b_cat, a_cat)
+    error = math.sqrt(max(error_sq, 0.0))
+    return error / math.sqrt(norm_sq) if norm_sq > 0 else error
+
+
 @torch.no_grad()
 def combine_checkpoints(
     checkpoints: Sequence[AdapterCheckpoint], options: CombineOptions, names: Sequence[str] | None = None
@@ -225,23 +252,20 @@ def combine_checkpoints(
                 a_list.append(a)
                 b_list.append(b)
                 scaled.append(weight * _scaling(ckpt.peft_config, module, a.shape[0]))
-            target = sum(ws * (b @ a) for ws, a, b in zip(scaled, a_list, b_list, strict=True))  # (out, in)
+            a_cat = torch.cat([ws * a for ws, a in zip(scaled, a_list, strict=True)], dim=0)  # (Σr, in)
+            b_cat = torch.cat(b_list, dim=1)  # (out, Σr): b_cat @ a_cat is exactly Σ w_i ΔW_i
             if options.method == "cat":
-                a_new = torch.cat([ws * a for ws, a in zip(scaled, a_list, strict=True)], dim=0)  # (Σr, in)
-                b_new = torch.cat(b_list, dim=1)  # (out, Σr)
+                a_new, b_new = a_cat, b_cat
             elif options.method == "svd":
-                u, s, vh = torch.linalg.svd(target, full_matrices=False)  # (out, k), (k,), (k, in)
-                rank = min(options.svd_rank or max(a.shape[0] for a in a_list), s.shape[0])
-                b_new, a_new = u[:, :rank] * s[:rank], vh[:rank]  # (out, R), (R, in)
+                rank = options.svd_rank or max(a.shape[0] for a in a_list)
+                a_new, b_new = _truncated_svd(a_cat, b_cat, rank)
             else:
                 weights_a = torch.tensor([math.copysign(math.sqrt(abs(ws)), ws) for ws in scaled])
                 weights_b = torch.tensor([math.sqrt(abs(ws)) for ws in scaled])
                 a_new = _combine_factors(a_list, weights_a, options)  # (r, in)
                 b_new = _combine_factors(b_list, weights_b, options)  # (out, r)
-            a_new, b_new = a_new.contiguous(), b_new.contiguous()
-            norm = float(target.norm())
-            error = float((b_new @ a_new - target).norm())
-            deviation[module] = error / norm if norm > 0 else error
+            a_new, b_new = a_new.float().contiguous(), b_new.float().contiguous()
+            deviation[module] = _relative_deviation(a_new, b_new, a_cat, b_cat)
             ranks[module] = a_new.shape[0]
             if embedding:
                 tensors[f"{_PREFIX}{module}.lora_embedding_A"] = a_new

@@ -12,7 +12,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from elmtune.evaluation.commonsense import apple_question, apple_subset, load_rows
 from elmtune.evaluation.config import EvalConfig
-from elmtune.evaluation.data import read_rows, sha256_file
+from elmtune.evaluation.data import DataError, read_rows, sha256_file
 from elmtune.evaluation.generation import generate_answers
 from elmtune.evaluation.items import ChoiceScore, Question
 from elmtune.evaluation.lmeval_tasks import LM_EVAL_TASKS, lmeval_question, load_hub_rows
@@ -52,7 +52,9 @@ def score_task(
     Returns:
         The task result, with one per-example record per question.
     """
-    task = questions[0].task if questions else "empty"
+    if not questions:
+        raise DataError("no questions to score (an empty data file, or --limit 0)")
+    task = questions[0].task
     start = time.perf_counter()
     scores = scorer.score(questions, description=task)
     seconds = time.perf_counter() - start
@@ -114,6 +116,8 @@ def run_llm_adapters(
 ) -> TaskResult:
     """LLM-Adapters' generation protocol on one test file: accuracy and the share of unparseable answers."""
     rows = apple_subset(load_rows(path, task), config.limit, config.seed)
+    if not rows:
+        raise DataError(f"{path}: no rows")
     start = time.perf_counter()
     answers = generate_answers(
         model,
