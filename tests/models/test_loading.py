@@ -38,3 +38,16 @@ def test_resolve_dtype():
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("auto") is None
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int3")
+
+
+def test_preset_weights_are_deterministic_and_leave_the_callers_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = load_model("tiny").state_dict()
+    assert torch.equal(torch.rand(3), expected_next)  # the global stream did not move
+    torch.manual_seed(7)
+    second = load_model("tiny").state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert first["transformer.layers.0.attn.qkv_proj.weight"].std() > 0  # real random init, not zeros

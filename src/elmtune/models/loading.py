@@ -16,6 +16,10 @@ from elmtune.models.registration import register
 
 logger = logging.getLogger(__name__)
 
+PRESET_SEED = 0
+"""Seed of a preset's random weights: ``load_model("tiny")`` is the same model in every process, so an adapter
+trained on a preset can be evaluated and merged on it later."""
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -67,10 +71,10 @@ def load_model(
     """Load OpenELM (or any transformers causal LM) from a preset, a hub id or a local directory.
 
     Args:
-        name_or_path: A preset (``270M``, ``450M``, ``1_1B``, ``3B``, ``tiny``: random weights, no download), a local
-            checkpoint directory, or a hub id such as ``apple/OpenELM-270M-Instruct`` (downloaded or read from the
-            Hugging Face cache). OpenELM checkpoints always load with elmtune's native class; remote code is never
-            executed.
+        name_or_path: A preset (``270M``, ``450M``, ``1_1B``, ``3B``, ``tiny``: random weights from a fixed seed, no
+            download), a local checkpoint directory, or a hub id such as ``apple/OpenELM-270M-Instruct`` (downloaded
+            or read from the Hugging Face cache). OpenELM checkpoints always load with elmtune's native class; remote
+            code is never executed.
         dtype: Weight dtype (``"bf16"``, ``torch.float32``...); ``None`` keeps the checkpoint's dtype (fp32 for a
             preset).
         device: Device to move the model to; ``None`` leaves it on the CPU.
@@ -91,7 +95,9 @@ def load_model(
     if is_preset(name):
         config = OpenELMConfig.from_preset(name)
         logger.info("building preset %s with random weights (no download)", preset_name(name))
-        model: PreTrainedModel = OpenELMForCausalLM(config)
+        with torch.random.fork_rng(devices=[]):  # deterministic weights; the caller's RNG stream is left as it was
+            torch.manual_seed(PRESET_SEED)
+            model: PreTrainedModel = OpenELMForCausalLM(config)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:
