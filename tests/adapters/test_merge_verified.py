@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -187,3 +188,55 @@ def test_existing_output_is_refused_unless_overwrite(base_dir: Path, tmp_path: P
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not the private mode of a temporary directory
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
+def test_compare_logits_matches_its_formulas_in_any_chunking(chunk: int):
+    from elmtune.adapters.verify import compare_logits
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(3, 7, 50, generator=generator) * 3  # (B, L, V)
+    candidate = reference + 0.2 * torch.randn(3, 7, 50, generator=generator)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0  # 7 + 4 + 2 = 13 real positions
+    result = compare_logits(reference, candidate, mask, chunk=chunk)
+
+    rows = [(b, t) for b in range(3) for t in range(7) if mask[b, t]]
+    p = [reference[b, t].double().softmax(-1) for b, t in rows]
+    q = [candidate[b, t].double().softmax(-1) for b, t in rows]
+    kl = [float((pi * (pi / qi).log()).sum()) for pi, qi in zip(p, q, strict=True)]  # KL(p || q) per position
+    agree = [int(reference[b, t].argmax() == candidate[b, t].argmax()) for b, t in rows]
+    assert result.positions == 13 and result.finite
+    assert result.max_abs_diff == pytest.approx(max(float((reference[r] - candidate[r]).abs().max()) for r in rows))
+    assert result.mean_kl == pytest.approx(sum(kl) / 13, rel=1e-9)
+    assert result.top1_agreement == pytest.approx(sum(agree) / 13) and 0 < result.top1_agreement < 1
+    assert result.max_abs_logit == pytest.approx(max(float(reference[r].abs().max()) for r in rows))
+
+    candidate[0, 3, 7] = float("nan")
+    broken = compare_logits(reference, candidate, mask, chunk=chunk)
+    assert not broken.finite and math.isnan(broken.max_abs_diff) and broken.positions == 13
+
+
+def test_the_check_holds_one_decoder_layer_at_a_time(base_dir: Path, tmp_path: Path, monkeypatch):
+    """The check runs both models layer by layer: never more than one decoder layer's weights materialised."""
+    from elmtune.adapters import verify
+
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+    layers: list[torch.nn.Module] = []
+    most = 0
+    real = verify._materialise
+
+    def counting(module, prefix, source, device):
+        nonlocal most
+        real(module, prefix, source, device)
+        if prefix.startswith("transformer.layers."):
+            layers.append(module)
+            live = sum(any(p.device.type != "meta" for p in layer.parameters()) for layer in layers)
+            most = max(most, live)
+
+    monkeypatch.setattr(verify, "_materialise", counting)
+    options = MergeOptions(low_memory=True, probe_texts=PROBE)
+    assert merge_to_directory(base_dir, adapter, tmp_path / "merged", options).verification.passed
+    assert len(layers) == 2 * 4  # the reference and the merged model, 4 layers each
+    assert most == 1
