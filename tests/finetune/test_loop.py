@@ -50,6 +50,12 @@ def test_gradient_accumulation_equals_the_large_batch(make_config):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+def test_epoch_column_counts_batches_across_epoch_boundaries(make_config):
+    result = run_training(make_config("epochs", data={"limit": 16}, max_steps=10, lr=1e-3))  # 4 batches per epoch
+    rows = [r for r in read_metrics(result.metrics_path) if "loss" in r]
+    assert [r["epoch"] for r in rows] == [step / 4 for step in range(1, 11)]
+
+
 def test_packed_training_runs_and_counts_the_same_targets(make_config):
     result = run_training(make_config("packed", data={"packing": True, "max_length": 128}, max_steps=2))
     assert result.steps == 2 and result.last_loss > 0

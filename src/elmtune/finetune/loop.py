@@ -286,7 +286,7 @@ def train(
             now = time.perf_counter()
             row = {
                 "step": state.step,
-                "epoch": round(state.epoch + sampler.batch_index / len(sampler), 4),
+                "epoch": round(sampler.epoch + sampler.batch_index / len(sampler), 4),
                 "loss": last_loss,
                 **{key: float(v) for key, v in zip(metric_sums, totals[1:].tolist(), strict=True)},
                 "lr": lr,
