@@ -1,16 +1,19 @@
 """Side by side: elmtune's multiple-choice scorer vs lm-eval's Hugging Face backend on the same model and requests.
 
 Both score exactly the same (context, continuation) requests (elmtune builds them; its tests check they equal the
-requests of lm-eval's own task configs) with the same model object, BOS on. Reported per task: questions per second of
-each, the speed-up, how many per-example predictions (acc and acc_norm) are identical, and the largest difference of a
-choice's log-likelihood.
+requests of lm-eval's own task configs) with the same model object, BOS on. lm-eval runs twice: at batch size 1 (the
+setting of Apple's numbers and of the OpenELM model card) and at the batch size elmtune used (its largest batch, in
+rows, unless ``--lm-eval-batch-size`` says otherwise). Every side is warmed up first; then each task's questions are
+scored in chunks, and within every chunk the sides take turns in a rotating order, so that load from other processes
+on a shared machine hits all of them alike. Reported per task: questions per second of each side, the speed-ups, how
+many per-example predictions (acc and acc_norm) equal lm-eval's, and the largest difference of a choice's
+log-likelihood.
 
-    python benchmarks/eval_vs_lm_eval.py --model 270M --limit 4
+    python benchmarks/eval_vs_lm_eval.py --model 270M --limit 24
 
 Defaults: the 270M shape with random weights in fp32 on the CPU, Apple's protocol on the 4-choice LLM-Adapters tasks
-and lm-eval's prompts on the 4-choice lm-eval tasks, from the fixtures in ``tests/fixtures/commonsense``. lm-eval runs
-with batch size 1 (the setting of Apple's numbers and of the OpenELM model card) unless ``--lm-eval-batch-size`` says
-otherwise. Needs ``pip install "elmtune[lm-eval]"``.
+and lm-eval's prompts on the 4-choice lm-eval tasks, from the fixtures in ``tests/fixtures/commonsense``. Needs
+``pip install "elmtune[lm-eval]"``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import platform
 import sys
 import time
 from collections import namedtuple
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,27 +50,44 @@ def _questions(protocol: str, task: str, data: Path, limit: int) -> list:
     return [lmeval_question(LM_EVAL_TASKS[task], row, i) for i, row in enumerate(rows)]
 
 
-def _lm_eval_scores(lm, questions: list) -> tuple[list[list[float]], float]:
+def _lm_eval_scores(lm, questions: list) -> list[list[float]]:
     requests = [Request(req) for q in questions for req in q.requests]
-    start = time.perf_counter()
     results = lm.loglikelihood(requests, disable_tqdm=True)
-    seconds = time.perf_counter() - start
     lls, cursor = [], 0
     for q in questions:
         lls.append([ll for ll, _ in results[cursor : cursor + len(q.requests)]])
         cursor += len(q.requests)
-    return lls, seconds
+    return lls
+
+
+def _timed(fn, questions: list) -> tuple[list, float]:
+    start = time.perf_counter()
+    out = fn(questions)
+    return out, time.perf_counter() - start
+
+
+def _compare(questions: list, mine: list, theirs: list[list[float]]) -> tuple[int, int, float]:
+    same_acc = same_norm = 0
+    worst = 0.0
+    for question, scores, reference in zip(questions, mine, theirs, strict=True):
+        prediction = predict(question, scores)
+        norm = [ll / n for ll, n in zip(reference, question.norm_lengths, strict=True)]
+        same_acc += prediction.pred == argmax(reference)
+        same_norm += prediction.pred_norm == argmax(norm)
+        worst = max(worst, max(abs(s.loglikelihood - t) for s, t in zip(scores, reference, strict=True)))
+    return same_acc, same_norm, worst
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="270M", help="preset or directory (default 270M, random weights)")
-    parser.add_argument("--limit", type=int, default=4, help="questions per task")
-    parser.add_argument("--apple-tasks", default="ARC-Challenge,hellaswag,openbookqa")
-    parser.add_argument("--lm-eval-tasks", default="arc_challenge,hellaswag")
+    parser.add_argument("--limit", type=int, default=24, help="questions per task")
+    parser.add_argument("--chunk", type=int, default=12, help="questions per turn of each side")
+    parser.add_argument("--apple-tasks", default="ARC-Challenge,ARC-Easy,hellaswag,openbookqa")
+    parser.add_argument("--lm-eval-tasks", default="arc_challenge,arc_easy,hellaswag,openbookqa")
     parser.add_argument("--data", type=Path, default=ROOT / "tests" / "fixtures" / "commonsense")
     parser.add_argument("--batch-size", default="auto", help="elmtune rows per forward pass, or auto")
-    parser.add_argument("--lm-eval-batch-size", type=int, default=1)
+    parser.add_argument("--lm-eval-batch-size", type=int, help="lm-eval's second batch size (default: elmtune's)")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--output", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -76,43 +97,55 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     ours = LoglikelihoodScorer(model, tokenizer, batch_size=batch, add_bos=True, progress=False)
-    lm = lm_eval_model(model, tokenizer, batch_size=args.lm_eval_batch_size, add_bos=True)
-
     jobs = [("apple", t) for t in args.apple_tasks.split(",") if t] + [
         ("lm-eval", t) for t in args.lm_eval_tasks.split(",") if t
     ]
-    warm = _questions(*jobs[0], args.data, 1)  # first calls pay one-off costs: not timed
-    ours.score(warm)
-    _lm_eval_scores(lm, warm)
+    questions = {job: _questions(*job, args.data, args.limit) for job in jobs}
 
-    rows = []
-    for protocol, task in jobs:
-        questions = _questions(protocol, task, args.data, args.limit)
-        start = time.perf_counter()
-        scores = ours.score(questions)
-        ours_seconds = time.perf_counter() - start
-        reference, lm_seconds = _lm_eval_scores(lm, questions)
-        same_acc = same_norm = 0
-        worst = 0.0
-        for question, mine, theirs in zip(questions, scores, reference, strict=True):
-            prediction = predict(question, mine)
-            norm = [ll / n for ll, n in zip(theirs, question.norm_lengths, strict=True)]
-            same_acc += prediction.pred == argmax(theirs)
-            same_norm += prediction.pred_norm == argmax(norm)
-            worst = max(worst, max(abs(s.loglikelihood - t) for s, t in zip(mine, theirs, strict=True)))
-        n = len(questions)
+    # Warm-up (not timed): one chunk of every task through elmtune, which also gives its batch size in rows.
+    for job in jobs:
+        ours.score(questions[job][: args.chunk])
+    lm_batch = args.lm_eval_batch_size or ours.batcher.largest_batch
+    sides = {
+        "elmtune": ours.score,
+        "lm-eval bs 1": partial(_lm_eval_scores, lm_eval_model(model, tokenizer, batch_size=1, add_bos=True)),
+        f"lm-eval bs {lm_batch}": partial(
+            _lm_eval_scores, lm_eval_model(model, tokenizer, batch_size=lm_batch, add_bos=True)
+        ),
+    }
+    names = list(sides)
+    for name in names[1:]:
+        sides[name](questions[jobs[0]][: args.chunk])
+
+    rows, turn = [], 0
+    for job in jobs:
+        qs = questions[job]
+        seconds = dict.fromkeys(names, 0.0)
+        scores: dict[str, list] = {name: [] for name in names}
+        for start in range(0, len(qs), args.chunk):
+            chunk = qs[start : start + args.chunk]
+            for name in names[turn % 3 :] + names[: turn % 3]:  # rotate who goes first
+                out, took = _timed(sides[name], chunk)
+                scores[name] += out
+                seconds[name] += took
+            turn += 1
+        n = len(qs)
+        same_acc, same_norm, worst = _compare(qs, scores["elmtune"], scores[names[1]])
+        batched_acc, batched_norm, batched_worst = _compare(qs, scores["elmtune"], scores[names[2]])
         rows.append(
             {
-                "protocol": protocol,
-                "task": task,
+                "protocol": job[0],
+                "task": job[1],
                 "questions": n,
-                "choices": sum(len(q.requests) for q in questions) / n,
-                "elmtune_q_per_s": n / ours_seconds,
-                "lm_eval_q_per_s": n / lm_seconds,
-                "speedup": lm_seconds / ours_seconds,
+                "choices": sum(len(q.requests) for q in qs) / n,
+                "seconds": seconds,
+                "q_per_s": {name: n / seconds[name] for name in names},
+                "speedup_vs_lm_eval_bs1": seconds[names[1]] / seconds["elmtune"],
+                "speedup_vs_lm_eval_same_batch": seconds[names[2]] / seconds["elmtune"],
                 "identical_acc_predictions": f"{same_acc}/{n}",
                 "identical_acc_norm_predictions": f"{same_norm}/{n}",
-                "max_abs_loglikelihood_diff": worst,
+                "identical_predictions_vs_batched_lm_eval": f"{batched_acc}/{n}, {batched_norm}/{n}",
+                "max_abs_loglikelihood_diff": max(worst, batched_worst),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -120,19 +153,31 @@ def main() -> None:
     print(
         f"\nmodel {args.model} ({args.dtype}, random weights), CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, python {platform.python_version()}; "
-        f"elmtune layout {ours.layout}, batch {args.batch_size}; lm-eval batch {args.lm_eval_batch_size}"
+        f"elmtune layout {ours.layout}, batch {args.batch_size} (largest {ours.batcher.largest_batch} rows); "
+        f"lm-eval batch 1 and {lm_batch}; {args.chunk} questions per turn"
     )
     print(f"command: python {' '.join(sys.argv)}\n")
     print(
-        "| protocol | task | n | choices | elmtune q/s | lm-eval q/s | speed-up | same acc pred | same acc_norm pred |"
-        " max abs Δ log-lik |"
+        f"| protocol | task | n | elmtune q/s | lm-eval bs 1 q/s | speed-up | lm-eval bs {lm_batch} q/s | speed-up |"
+        " same acc / acc_norm pred | max abs Δ log-lik |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    for protocol in dict.fromkeys(r["protocol"] for r in rows):
+        group = [r for r in rows if r["protocol"] == protocol]
+        for r in group:
+            q = r["q_per_s"]
+            print(
+                f"| {r['protocol']} | {r['task']} | {r['questions']} | {q['elmtune']:.2f} | {q[names[1]]:.2f} | "
+                f"{r['speedup_vs_lm_eval_bs1']:.2f}x | {q[names[2]]:.2f} | {r['speedup_vs_lm_eval_same_batch']:.2f}x | "
+                f"{r['identical_acc_predictions']}, {r['identical_acc_norm_predictions']} | "
+                f"{r['max_abs_loglikelihood_diff']:.1e} |"
+            )
+        n = sum(r["questions"] for r in group)
+        total = {name: sum(r["seconds"][name] for r in group) for name in names}
         print(
-            f"| {r['protocol']} | {r['task']} | {r['questions']} | {r['choices']:.1f} | {r['elmtune_q_per_s']:.3f} | "
-            f"{r['lm_eval_q_per_s']:.3f} | {r['speedup']:.2f}x | {r['identical_acc_predictions']} | "
-            f"{r['identical_acc_norm_predictions']} | {r['max_abs_loglikelihood_diff']:.2e} |"
+            f"| {protocol} | **all** | {n} | {n / total['elmtune']:.2f} | {n / total[names[1]]:.2f} | "
+            f"{total[names[1]] / total['elmtune']:.2f}x | {n / total[names[2]]:.2f} | "
+            f"{total[names[2]] / total['elmtune']:.2f}x | | |"
         )
     if args.output:
         args.output.write_text(json.dumps(rows, indent=2) + "\n")

@@ -176,14 +176,14 @@ def test_batch_prefix_is_encoded_once_and_reused(tiny_model, tokenizer, fixtures
     ]
     scorer = LoglikelihoodScorer(tiny_model, tokenizer, batch_size=8, progress=False)
     prefixes = []
-    original = scorer._logits_after_prefix
+    original = scorer._prefix_cache
 
-    def spy(ids, pos, seg, prefix, keep):
-        prefixes.append((ids.shape[0], prefix))
-        return original(ids, pos, seg, prefix, keep)
+    def spy(row, prefix, copies):
+        prefixes.append(prefix)
+        return original(row, prefix, copies)
 
-    monkeypatch.setattr(scorer, "_logits_after_prefix", spy)
+    monkeypatch.setattr(scorer, "_prefix_cache", spy)
     scores = scorer.score(questions)
-    assert prefixes and prefixes[0][0] == 4 and prefixes[0][1] >= 30  # one batch of four rows, a long shared preamble
+    assert scorer.batcher.largest_batch == 4 and prefixes == [prefixes[0]] and prefixes[0] >= 30  # one batch
     for got, want in zip(_lls(scores), naive_scores(questions), strict=True):
         assert got == pytest.approx(want, abs=2e-4, rel=1e-5)

@@ -43,20 +43,34 @@ class Batcher:
 
     With a fixed ``batch_size`` every batch has that many items (the last may be shorter), and out-of-memory is an
     error. With ``"auto"`` a batch holds as many items as fit a token budget (items x width of the longest, which is
-    the first, since items come longest first); the budget halves on out-of-memory and stays halved.
+    the first, since items come longest first), or with ``packed`` the sum of the items' widths (the caller packs
+    them without padding); the budget halves on out-of-memory and stays halved.
     """
 
-    def __init__(self, batch_size: BatchSize, device: torch.device, token_budget: int | None = None) -> None:
+    def __init__(
+        self, batch_size: BatchSize, device: torch.device, token_budget: int | None = None, *, packed: bool = False
+    ) -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or 'auto', not {batch_size!r}")
         self.batch_size = batch_size
         self.device = device
         self.token_budget = token_budget or AUTO_TOKEN_BUDGET.get(device.type, AUTO_TOKEN_BUDGET["default"])
+        self.packed = packed
         self.largest_batch = 0
 
     def _take(self, widths: Sequence[int], start: int) -> int:
         if self.batch_size != "auto":
             return min(self.batch_size, len(widths) - start)
+        if self.packed:
+            end, total = start, 0
+            while (
+                end < len(widths)
+                and end - start < MAX_AUTO_ROWS
+                and (end == start or total + widths[end] <= self.token_budget)
+            ):
+                total += widths[end]
+                end += 1
+            return end - start
         rows = max(1, min(MAX_AUTO_ROWS, self.token_budget // max(1, widths[start])))
         return min(rows, len(widths) - start)
 
@@ -84,7 +98,8 @@ class Batcher:
                     raise ElmtuneError(
                         f"out of memory on a single row of {widths[start]} tokens; use a smaller model or dtype"
                     ) from None
-                self.token_budget = max(1, (count * widths[start]) // 2)
+                used = sum(widths[start : start + count]) if self.packed else count * widths[start]
+                self.token_budget = max(1, used // 2)
                 logger.info("out of memory with %d rows; automatic token budget now %d", count, self.token_budget)
                 continue
             self.largest_batch = max(self.largest_batch, count)

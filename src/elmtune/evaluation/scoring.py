@@ -19,13 +19,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from elmtune.evaluation.batching import Batcher, BatchSize
 from elmtune.evaluation.encoding import EncodedRequest, encode_request
 from elmtune.evaluation.items import ChoiceScore, Question
-from elmtune.evaluation.layout import Row, attention_mask, collate, common_prefix, plan_rows, shared_prefix_mask
+from elmtune.evaluation.layout import Row, attention_mask, collate, common_prefix, plan_rows
+from elmtune.evaluation.packing import pack_rows, packed_mask
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +99,11 @@ class LoglikelihoodScorer:
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.progress = progress
         self.device = next(model.parameters()).device
-        self.batcher = Batcher(batch_size, self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._keep_logits_arg = True
         self.layout: Layout = layout
         self.reuse_batch_prefix = bool(supports_shared_prefix(model))
+        self.batcher = Batcher(batch_size, self.device, packed=self.reuse_batch_prefix)
         if layout == "auto" and self.reuse_batch_prefix:
             self.layout = "shared"
 
@@ -161,41 +162,62 @@ class LoglikelihoodScorer:
 
     @torch.inference_mode()
     def _forward(self, rows: Sequence[Row]) -> list[list[ChoiceScore]]:
+        if self.reuse_batch_prefix:
+            picked = self._packed_logits(rows)
+        else:
+            picked = self._padded_logits(rows)
+        return _choice_scores(rows, picked)
+
+    def _padded_logits(self, rows: Sequence[Row]) -> torch.Tensor:
+        """Logits (N, V) of every target token of ``rows`` (in order) from one right-padded batch (any model)."""
         ids, pos, seg = collate(rows, self.pad_id)
         width = ids.shape[1]
         keep = width - min(row.first_needed for row in rows)  # logits of the last `keep` positions suffice
-        prefix = common_prefix(rows) if self.reuse_batch_prefix and len(rows) > 1 else 0
-        if prefix >= MIN_BATCH_PREFIX:
-            logits = self._logits_after_prefix(ids, pos, seg, prefix, keep)  # (B, keep, V)
-        else:
-            mask = attention_mask(rows, seg)
-            logits = self._logits(ids.to(self.device), pos.to(self.device), mask.to(self.device), keep)
+        mask = attention_mask(rows, seg)
+        logits = self._logits(ids.to(self.device), pos.to(self.device), mask.to(self.device), keep)
         offset = width - keep
-        batch_index, row_index, targets, spans = [], [], [], []
+        batch_index, row_index = [], []
         for b, row in enumerate(rows):
             for target in row.targets:
-                start = len(targets)
                 batch_index += [b] * len(target.positions)
                 row_index += [p - offset for p in target.positions]
-                targets += target.tokens
-                spans.append((start, len(targets)))
-        picked = logits[torch.tensor(batch_index), torch.tensor(row_index)].float()  # (N, V)
-        logprobs = F.log_softmax(picked, dim=-1)  # (N, V) in fp32
-        target_ids = torch.tensor(targets, device=picked.device)
-        token_logprobs = logprobs.gather(1, target_ids[:, None])[:, 0].cpu()  # (N,)
-        greedy = (picked.argmax(dim=-1) == target_ids).cpu()  # (N,)
-        out: list[list[ChoiceScore]] = []
-        cursor = 0
-        for row in rows:
-            row_scores = []
-            for _ in row.targets:
-                start, end = spans[cursor]
-                cursor += 1
-                row_scores.append(
-                    ChoiceScore(float(token_logprobs[start:end].sum()), end - start, bool(greedy[start:end].all()))
-                )
-            out.append(row_scores)
-        return out
+        return logits[torch.tensor(batch_index), torch.tensor(row_index)]  # (N, V)
+
+    def _packed_logits(self, rows: Sequence[Row]) -> torch.Tensor:
+        """Logits (N, V) of every target token of ``rows`` (in order), OpenELM only.
+
+        The batch's common prefix (at least ``MIN_BATCH_PREFIX`` tokens) is encoded once and its KV cache shared; the
+        rest of the rows is packed into short sequences without padding between rows
+        (:mod:`elmtune.evaluation.packing`); the output head runs on the target positions only.
+        """
+        prefix = common_prefix(rows) if len(rows) > 1 else 0
+        packed = pack_rows(rows, prefix if prefix >= MIN_BATCH_PREFIX else 0, self.pad_id)
+        cache = self._prefix_cache(rows[0], packed.prefix, packed.input_ids.shape[0])
+        decoder = base_model_of(self.model)
+        hidden = decoder.transformer(
+            input_ids=packed.input_ids.to(self.device),
+            position_ids=packed.position_ids.to(self.device),
+            attention_mask=packed_mask(packed.owner, packed.segments, packed.prefix).to(self.device),
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state  # (B, T, d)
+        where = [packed.locate(i, p) for i, row in enumerate(rows) for target in row.targets for p in target.positions]
+        pack_index, column = zip(*where, strict=True)
+        needed = hidden[torch.tensor(pack_index), torch.tensor(column)]  # (N, d)
+        return F.linear(needed, decoder.output_weight())  # (N, V)
+
+    def _prefix_cache(self, row: Row, prefix: int, copies: int) -> Cache | None:
+        """KV cache of the first ``prefix`` tokens of ``row``, repeated ``copies`` times (None when prefix is 0)."""
+        if not prefix:
+            return None
+        decoder = base_model_of(self.model)
+        cache = decoder.transformer(
+            input_ids=torch.tensor([row.tokens[:prefix]], device=self.device),
+            position_ids=torch.tensor([row.positions[:prefix]], device=self.device),
+            use_cache=True,
+        ).past_key_values
+        cache.batch_repeat_interleave(copies)
+        return cache
 
     def _logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
@@ -210,26 +232,6 @@ class LoglikelihoodScorer:
         else:
             logits = self.model(**kwargs).logits
         return logits[:, -keep:]  # (B, keep, V)
-
-    def _logits_after_prefix(
-        self, ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, prefix: int, keep: int
-    ) -> torch.Tensor:
-        """Encode the batch's common prefix once, repeat its KV cache per row, then run only the rest of each row."""
-        dev = self.device
-        cache = self.model(
-            input_ids=ids[:1, :prefix].to(dev), position_ids=pos[:1, :prefix].to(dev), use_cache=True, logits_to_keep=1
-        ).past_key_values
-        cache.batch_repeat_interleave(ids.shape[0])
-        mask = shared_prefix_mask(seg.to(dev))[:, :, prefix:, :]  # (B, 1, R - P, R): suffix queries, all keys
-        out = self.model(
-            input_ids=ids[:, prefix:].to(dev),
-            position_ids=pos[:, prefix:].to(dev),
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
-        return out.logits[:, -keep:]  # (B, keep, V)
 
     def _probe(self, encoded: Sequence[Sequence[EncodedRequest]]) -> Layout | None:
         """Decide between shared-prefix and full rows for a model of unknown mask support.
@@ -257,6 +259,28 @@ class LoglikelihoodScorer:
 def _segment_count(requests: Sequence[EncodedRequest], max_length: int) -> int:
     rows = plan_rows(requests, shared=True, max_length=max_length)
     return max(len({segment for segment in row.segments if segment > 0}) for row in rows)
+
+
+def _choice_scores(rows: Sequence[Row], picked: torch.Tensor) -> list[list[ChoiceScore]]:
+    """Per row, per target: the summed fp32 log-probability of its tokens, from their logits ``picked`` (N, V)."""
+    targets = [token for row in rows for target in row.targets for token in target.tokens]
+    picked = picked.float()
+    logprobs = F.log_softmax(picked, dim=-1)  # (N, V) in fp32
+    target_ids = torch.tensor(targets, device=picked.device)
+    token_logprobs = logprobs.gather(1, target_ids[:, None])[:, 0].cpu()  # (N,)
+    greedy = (picked.argmax(dim=-1) == target_ids).cpu()  # (N,)
+    out: list[list[ChoiceScore]] = []
+    start = 0
+    for row in rows:
+        row_scores = []
+        for target in row.targets:
+            end = start + len(target.tokens)
+            row_scores.append(
+                ChoiceScore(float(token_logprobs[start:end].sum()), end - start, bool(greedy[start:end].all()))
+            )
+            start = end
+        out.append(row_scores)
+    return out
 
 
 def _count_rows(keyed: Sequence[tuple[int, Row]]) -> dict[int, int]:
