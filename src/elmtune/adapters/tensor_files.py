@@ -1,8 +1,8 @@
 """Tensor sources and a streaming safetensors writer: what merges read from and write to, one tensor at a time.
 
 A tensor source knows the keys, shapes and dtypes of a checkpoint up front and hands out one tensor at a time:
-:class:`StateDictSource` wraps an in-memory state dict, :class:`SafetensorsSource` reads from safetensors files and
-opens the file for every tensor, so no memory map of the whole checkpoint stays resident.
+:class:`StateDictSource` wraps an in-memory state dict, :class:`SafetensorsSource` (from
+:mod:`elmtune.models.checkpoint_files`) reads from safetensors files one tensor at a time.
 
 :class:`ShardedSafetensorsWriter` writes tensors in a planned order straight to safetensors files. The safetensors
 layout is an 8-byte little-endian header length, a JSON header (``dtype``, ``shape``, ``data_offsets`` per tensor,
@@ -22,18 +22,14 @@ from typing import Protocol
 
 import torch
 
-from elmtune.errors import ElmtuneError
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-
-DTYPE_CODES: dict[torch.dtype, str] = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-"""torch dtype -> safetensors dtype code (the dtypes a checkpoint may hold)."""
-_CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
-
-
-class CheckpointFilesError(ElmtuneError):
-    """A checkpoint directory without usable safetensors files, or a write that does not follow its plan."""
+from elmtune.models.checkpoint_files import (
+    DTYPE_CODES,
+    INDEX_FILE,
+    SINGLE_FILE,
+    CheckpointFilesError,
+    SafetensorsSource,
+    checkpoint_files,
+)
 
 
 class TensorSource(Protocol):
@@ -93,82 +89,6 @@ class OverlaySource:
 
     def get(self, key: str) -> torch.Tensor:
         return self._replacements[key] if key in self._replacements else self._base.get(key)
-
-
-def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
-    """Key -> the safetensors file that holds it, from the shard index or the single ``model.safetensors``.
-
-    Raises:
-        CheckpointFilesError: No safetensors checkpoint, or an index naming a missing shard.
-    """
-    from safetensors import safe_open
-
-    path = Path(model_dir)
-    index = path / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointFilesError(f"{index} has no weight_map")
-        files = {key: path / name for key, name in weight_map.items()}
-        missing = sorted({f.name for f in files.values() if not f.is_file()})
-        if missing:
-            raise CheckpointFilesError(f"{path} is incomplete: shard(s) {', '.join(missing)} are missing")
-        return files
-    single = path / SINGLE_FILE
-    if single.is_file():
-        with safe_open(str(single), framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), single)
-    hint = " (pickle checkpoints are not read; re-save with safetensors)" if any(path.glob("*.bin")) else ""
-    raise CheckpointFilesError(f"'{path}' has no {SINGLE_FILE} or {INDEX_FILE}{hint}")
-
-
-class SafetensorsSource:
-    """A :class:`TensorSource` over safetensors files; each :meth:`get` opens the file, copies one tensor, closes it.
-
-    Args:
-        files: Key -> file (see :func:`checkpoint_files`).
-    """
-
-    def __init__(self, files: Mapping[str, Path]) -> None:
-        from safetensors import safe_open
-
-        self._files = dict(files)
-        self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        by_file: dict[Path, list[str]] = {}
-        for key, file in self._files.items():
-            by_file.setdefault(file, []).append(key)
-        for file, keys in by_file.items():
-            with safe_open(str(file), framework="pt") as handle:
-                present = set(handle.keys())
-                for key in keys:
-                    if key not in present:
-                        raise CheckpointFilesError(f"{file.name} does not hold {key}, which the index says it does")
-                    view = handle.get_slice(key)
-                    code = view.get_dtype()
-                    if code not in _CODE_DTYPES:
-                        raise CheckpointFilesError(f"{key} is {code}; only F32, F16 and BF16 checkpoints are merged")
-                    self._info[key] = (tuple(view.get_shape()), _CODE_DTYPES[code])
-
-    @classmethod
-    def from_directory(cls, model_dir: str | Path) -> SafetensorsSource:
-        """The safetensors checkpoint in ``model_dir`` (single file or shards)."""
-        return cls(checkpoint_files(model_dir))
-
-    def keys(self) -> list[str]:
-        return list(self._info)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._info[key][0]
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self._info[key][1]
-
-    def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self._files[key]), framework="pt") as handle:
-            tensor = handle.get_tensor(key)
-        return tensor.clone()  # own memory: nothing keeps the file mapped
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import gguf
 import numpy as np
 
 from elmtune.errors import ElmtuneError
+from elmtune.models.checkpoint_files import CheckpointFilesError, SafetensorsSource
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.geometry import NORM_EPS
 from elmtune.models.gguf_vocab import add_vocab, read_vocab, tokenizer_dir_for
@@ -55,7 +56,6 @@ OUTTYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
 """``--outtype`` -> (``general.file_type``, type of the 2-D weight matrices)."""
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.OPENELM]
-_SOURCE_DTYPES = ("F32", "F16", "BF16")
 
 
 class GGUFExportError(ElmtuneError):
@@ -156,8 +156,11 @@ def export_gguf(
         raise GGUFExportError(f"output {out_path} is a directory; give a file name such as model.gguf")
     file_type, matrix_type = OUTTYPES[outtype]
     config = read_export_config(model_dir)
-    files = checkpoint_files(model_dir)
-    plans = plan_tensors(config, _source_shapes(files), matrix_type)
+    try:
+        source = SafetensorsSource.from_directory(model_dir)  # shapes and dtypes from the headers only
+    except CheckpointFilesError as err:
+        raise GGUFExportError(str(err)) from None
+    plans = plan_tensors(config, {key: source.shape(key) for key in source.keys()}, matrix_type)
     tokenizer_dir = tokenizer_dir_for(model_dir)
     try:
         vocab = read_vocab(tokenizer_dir, config.vocab_size)
@@ -179,7 +182,7 @@ def export_gguf(
         writer.write_ti_data_to_file()
         for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
             # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
-            with safe_open(str(files[plan.source]), framework="pt") as handle:
+            with safe_open(str(source.file(plan.source)), framework="pt") as handle:
                 data = _encode(handle, plan)
             writer.write_tensor_data(data)
             del data
@@ -236,34 +239,6 @@ def read_export_config(model_dir: Path) -> OpenELMConfig:
     if problems:
         raise GGUFExportError(f"cannot export {model_dir} to GGUF: it has {'; and '.join(problems)}")
     return config
-
-
-def checkpoint_files(model_dir: Path) -> dict[str, Path]:
-    """Checkpoint key -> the safetensors file holding it (from the shard index, or the single file).
-
-    Raises:
-        GGUFExportError: If there is no safetensors checkpoint or the index names a missing shard.
-    """
-    index_file = model_dir / "model.safetensors.index.json"
-    if index_file.is_file():
-        weight_map = json.loads(index_file.read_text(encoding="utf-8")).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise GGUFExportError(f"{index_file} has no weight_map")
-        files = {key: model_dir / shard for key, shard in weight_map.items()}
-        missing = sorted({path.name for path in files.values() if not path.is_file()})
-        if missing:
-            raise GGUFExportError(
-                f"{model_dir} is incomplete: shard(s) {', '.join(missing)} named in the index are missing"
-            )
-        return files
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), single)
-    hint = " (pickle checkpoints are not read; re-save with safetensors)" if any(model_dir.glob("*.bin")) else ""
-    raise GGUFExportError(f"'{model_dir}' has no model.safetensors or model.safetensors.index.json{hint}")
 
 
 def plan_tensors(
@@ -362,29 +337,6 @@ def _add_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str | 
     metadata.set_gguf_meta_model(writer)
 
 
-def _source_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    """Shape of every checkpoint tensor, read from the safetensors headers only."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    by_file: dict[Path, list[str]] = {}
-    for key, path in files.items():
-        by_file.setdefault(path, []).append(key)
-    for path, keys in by_file.items():
-        with safe_open(str(path), framework="pt") as handle:
-            present = set(handle.keys())
-            for key in keys:
-                if key not in present:
-                    raise GGUFExportError(f"{path.name} does not hold {key}, which the index says it does")
-                tensor_slice = handle.get_slice(key)
-                if tensor_slice.get_dtype() not in _SOURCE_DTYPES:
-                    raise GGUFExportError(
-                        f"{key} is {tensor_slice.get_dtype()}; only F32, F16 and BF16 can be exported"
-                    )
-                shapes[key] = tuple(tensor_slice.get_shape())
-    return shapes
-
-
 def _encode(handle: object, plan: TensorPlan) -> np.ndarray:
     """Read one tensor (or its row range) as float32 and encode it in the plan's storage type."""
     import torch
@@ -401,7 +353,6 @@ __all__ = [
     "GGUFExportError",
     "TensorPlan",
     "add_model_metadata",
-    "checkpoint_files",
     "export_gguf",
     "plan_tensors",
     "read_export_config",
