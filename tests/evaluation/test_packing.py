@@ -78,3 +78,24 @@ def test_packed_scores_equal_unpacked_and_naive(tiny_model, tokenizer, questions
     ]
     for got, alone, want in zip(packed, one, naive_scores(questions_mixed), strict=True):
         assert got == pytest.approx(want, abs=2e-4, rel=1e-5) and got == pytest.approx(alone, abs=1e-4)
+
+
+def test_fast_path_only_for_adapters_inside_the_layers():
+    # LoRA lives inside OpenELM's layers: the decoder can be called directly. Prompt tuning adds virtual tokens in the
+    # peft wrapper: the model is treated as unknown (probed, scored through the wrapper).
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    from elmtune.evaluation.scoring import supports_shared_prefix
+    from elmtune.models import OpenELMConfig, OpenELMForCausalLM
+
+    config = OpenELMConfig.from_preset("tiny")
+    lora = get_peft_model(OpenELMForCausalLM(config), LoraConfig(target_modules=["qkv_proj"], r=2))
+    prompt = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=4,
+        token_dim=config.model_dim,
+        num_layers=config.num_transformer_layers,
+        num_attention_heads=4,
+    )
+    assert supports_shared_prefix(lora) is True
+    assert supports_shared_prefix(get_peft_model(OpenELMForCausalLM(config), prompt)) is None

@@ -61,9 +61,16 @@ def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def supports_shared_prefix(model: torch.nn.Module) -> bool | None:
-    """True for elmtune's OpenELM (4-D masks and position ids are part of its contract); None when unknown."""
+    """True for elmtune's OpenELM (4-D masks and position ids are part of its contract); None when unknown.
+
+    The fast path calls the OpenELM decoder inside a peft wrapper directly, which is right for adapters injected into
+    its layers (LoRA, DoRA...) but not for prompt-learning methods, whose virtual tokens the wrapper adds: unknown.
+    """
     from elmtune.models.modeling import OpenELMForCausalLM
 
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return None
     return True if isinstance(base_model_of(model), OpenELMForCausalLM) else None
 
 
