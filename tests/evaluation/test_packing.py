@@ -22,10 +22,13 @@ def questions_mixed(fixtures_dir):
     return out + [lmeval_question(LM_EVAL_TASKS["arc_easy"], row, i) for i, row in enumerate(rows)]
 
 
-def test_first_fit_decreasing():
-    # Longest first: 5 opens pack 0 (2 left), 4 opens pack 1 (3 left), 3 fills pack 1, 2 fills pack 0.
+def test_packs_are_few_and_balanced():
+    # 14 tokens at capacity 7: two packs. Longest first into the least-filled pack: 5 -> 0, 4 -> 1, 3 -> 1, 2 -> 0.
     assert assign_packs([5, 3, 4, 2], capacity=7) == [[0, 3], [2, 1]]
-    assert assign_packs([9, 1], capacity=7) == [[0], [1]]  # an item over capacity gets a pack of its own
+    # Balanced, not filled in turn (which would give 3 + 3 + 3 and a lone 3 padded to 9): both packs hold 6.
+    assert assign_packs([3, 3, 3, 3], capacity=10) == [[0, 2], [1, 3]]
+    assert assign_packs([9, 1], capacity=7) == [[0], [1]]  # an item over capacity
+    assert assign_packs([2, 2], capacity=512) == [[0, 1]]
 
 
 def test_packed_rows_and_mask():

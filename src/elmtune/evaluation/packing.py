@@ -2,7 +2,8 @@
 
 Rows of a batch differ in length; right-padding them to the longest row wastes compute on every padded position
 (often more than the shared-prefix layout saves). Packed, the rows that follow a batch's common prefix (the preamble
-every Apple prompt shares, encoded once and cached) are concatenated into sequences of at most ``capacity`` tokens::
+every Apple prompt shares, encoded once and cached) are concatenated into a few sequences of about ``capacity``
+tokens each::
 
     cache      P P P                        (the batch's common prefix, positions 0..2)
     pack 0     r0 r0 r0 r0 | r1 r1 r1       (owner 0 0 0 0 | 1 1 1; each row keeps its own positions)
@@ -10,7 +11,7 @@ every Apple prompt shares, encoded once and cached) are concatenated into sequen
 
 A token attends to the cached prefix, and causally to the tokens of its own row that its row's layout allows
 (:func:`elmtune.evaluation.layout.shared_prefix_mask`'s rule), so every logit equals the one of the row alone. Packs
-stay short (default 512 tokens) because attention over a pack costs its length squared.
+stay short (about 512 tokens) because attention over a pack costs its length squared.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from elmtune.evaluation.layout import Row
 
 PACK_TOKENS = 512
-"""Most tokens of one packed sequence (a longer row gets a sequence of its own)."""
+"""Target tokens per packed sequence (the number of sequences is the batch's tokens / this, rounded up)."""
 
 
 @dataclass(frozen=True)
@@ -53,27 +54,26 @@ class PackedBatch:
 
 
 def assign_packs(lengths: Sequence[int], capacity: int = PACK_TOKENS) -> list[list[int]]:
-    """First-fit decreasing: indices of the items in each pack, no pack over ``capacity`` unless one item is.
+    """Balanced packs: as few as ``capacity`` allows, filled longest item first into the least-filled pack.
+
+    The batch is padded to its fullest pack, so packs are balanced rather than filled one after the other (which
+    would leave a short last pack padded to full width). A pack may exceed ``capacity`` by less than one item.
 
     Args:
         lengths: Token count of each item.
-        capacity: Most tokens per pack.
+        capacity: Target tokens per pack.
 
     Returns:
         Packs as lists of item indices (longest items first).
     """
-    packs: list[list[int]] = []
-    room: list[int] = []
+    count = max(1, min(len(lengths), -(-sum(lengths) // capacity)))
+    packs: list[list[int]] = [[] for _ in range(count)]
+    load = [0] * count
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for p, free in enumerate(room):
-            if lengths[i] <= free:
-                packs[p].append(i)
-                room[p] -= lengths[i]
-                break
-        else:
-            packs.append([i])
-            room.append(capacity - lengths[i])
-    return packs
+        p = min(range(count), key=lambda p: (load[p], p))
+        packs[p].append(i)
+        load[p] += lengths[i]
+    return [pack for pack in packs if pack]
 
 
 def pack_rows(rows: Sequence[Row], prefix: int, pad_id: int, capacity: int = PACK_TOKENS) -> PackedBatch:
