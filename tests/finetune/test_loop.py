@@ -154,4 +154,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
     assert two == pytest.approx(one, rel=1e-5)
     a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+        # Adam divides by sqrt(v): an entry whose gradient is ~0 can move by up to lr on a last-bit difference of
+        # the all-reduced gradient, so compare each tensor as a whole rather than entry by entry.
+        assert float((a[key] - b[key]).norm() / a[key].norm()) < 1e-3, key
