@@ -44,7 +44,7 @@ class EvalConfig:
         mc_format: Prompt template and target delimiter of the ``mc`` protocol.
         backend: ``elmtune`` (built-in fast scorer) or ``lm-eval`` (lm-eval's own evaluator on this model, any task).
         seed: Seed of Apple's shuffle before ``limit``.
-        progress: Show progress bars.
+        progress: Show progress bars (on a terminal only).
     """
 
     protocol: Protocol = "apple"

@@ -114,7 +114,9 @@ def generate_answers(
         bos_token_id=tokenizer.bos_token_id,
     )
     texts: dict[int, str] = {}
-    bar = tqdm(total=len(rows), desc=f"{task} (generate)", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(rows), desc=f"{task} (generate)", disable=None if progress else True, leave=False
+    )  # None: off when not a TTY
 
     @torch.inference_mode()
     def step(batch: Sequence[int]) -> None:

@@ -147,7 +147,9 @@ class LoglikelihoodScorer:
         keyed.sort(key=lambda item: (-len(item[1].tokens), item[0]))
         results: list[list[ChoiceScore | None]] = [[None] * len(requests) for requests in encoded]
         remaining = _count_rows(keyed)
-        bar = tqdm(total=len(encoded), desc=description, disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=len(encoded), desc=description, disable=None if self.progress else True, leave=False
+        )  # None: off when not a TTY
 
         def step(batch: Sequence[tuple[int, Row]]) -> None:
             scores = self._forward([row for _, row in batch])
