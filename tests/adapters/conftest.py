@@ -1,15 +1,18 @@
-"""Shared fixtures for adapter tests: tiny random OpenELM models, token ids, and non-trivial adapter weights."""
+"""Shared fixtures for adapter tests: tiny random OpenELM models, token ids, non-trivial adapter weights, and saved
+adapters that look trained."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from elmtune.models import OpenELMConfig, OpenELMForCausalLM
+from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
 
 @pytest.fixture
@@ -39,9 +42,25 @@ def _perturb(model: nn.Module, scale: float = 0.05, seed: int = 7) -> None:
                 param.add_(noise.to(param))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def perturb() -> Callable[..., None]:
     return _perturb
+
+
+def _trained_adapter(
+    base_dir: Path, out: Path, seed: int = 7, base_name: str | None = None, **settings: object
+) -> Path:
+    """Save an adapter of ``settings`` on the checkpoint in ``base_dir`` with non-zero B (as after training)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_adapter(load_model(base_dir), AdapterConfig(**settings))
+    _perturb(model, seed=seed)
+    return save_adapter(model, out, base_name=base_name)
+
+
+@pytest.fixture(scope="session")
+def trained_adapter() -> Callable[..., Path]:
+    return _trained_adapter
 
 
 @pytest.fixture(autouse=True)

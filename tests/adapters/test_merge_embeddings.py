@@ -22,15 +22,6 @@ from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 PROBE = PROBE_TEXTS[:3]
 
 
-def perturbed(model: torch.nn.Module, seed: int = 2) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(k in name for k in ("lora_B", "lora_embedding_A", "lora_magnitude_vector")):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model
-
-
 def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
@@ -45,13 +36,14 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(base_dir: Path) -> Path:
+def adapter_dir(base_dir: Path, perturb) -> Path:
     """LoRA on the token embedding (scaling 1) and on v."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_adapter(load_model(base_dir), AdapterConfig(r=4, alpha=4, targets=("token_embeddings", "v")))
     path = base_dir.parent / "adapter"
-    save_adapter(perturbed(model), path)
+    perturb(model, seed=2)
+    save_adapter(model, path)
     return path
 
 
@@ -61,12 +53,15 @@ def ids() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_reference_hooks_equal_peft_unmerged_forward(base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str):
+def test_reference_hooks_equal_peft_unmerged_forward(
+    perturb, base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str
+):
     targets = ("token_embeddings", "q", "v", "gate", "out_proj", "proj_2")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_adapter(load_model(base_dir), AdapterConfig(method=method, r=4, alpha=8, targets=targets))
-    save_adapter(perturbed(model), tmp_path)
+    perturb(model, seed=2)
+    save_adapter(model, tmp_path)
     expected = logits_of(load_adapter(load_model(base_dir), tmp_path), ids)
 
     plain = load_model(base_dir)
@@ -132,12 +127,13 @@ def test_untied_merge_equals_the_unmerged_adapter(base_dir: Path, adapter_dir: P
         export_gguf(result.path, tmp_path / "m.gguf", "f32")
 
 
-def test_plain_peft_dora_embedding_merges_and_checks(base_dir: Path, tmp_path: Path, ids: torch.Tensor):
+def test_plain_peft_dora_embedding_merges_and_checks(perturb, base_dir: Path, tmp_path: Path, ids: torch.Tensor):
     """peft's own DoRA embedding (magnitude per embedding dimension), saved by plain peft (no elmtune metadata)."""
     config = LoraConfig(r=4, lora_alpha=4, use_dora=True, target_modules=["token_embeddings", "out_proj"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = perturbed(get_peft_model(load_model(base_dir), config))
+        model = get_peft_model(load_model(base_dir), config)
+    perturb(model, seed=2)
     model.save_pretrained(tmp_path / "adapter")
     expected = logits_of(model.eval(), ids)
     options = MergeOptions(untie_embeddings=True, probe_texts=PROBE)

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from elmtune.adapters import AdapterConfig, apply_adapter, merge_state_dict, read_adapter, save_adapter
+from elmtune.adapters import AdapterConfig, apply_adapter, merge_state_dict, read_adapter
 from elmtune.adapters.merge_run import MergeError, MergeOptions, merge_to_directory
 from elmtune.adapters.streaming import merge_tensor
 from elmtune.adapters.tensor_files import (
@@ -25,27 +25,14 @@ from elmtune.adapters.tensor_files import (
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
 
-def trained_adapter(base_dir: Path, out: Path, **settings: object) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_adapter(load_model(base_dir), AdapterConfig(**settings))
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(k in name for k in ("lora_B", "lora_embedding_A", "lora_magnitude_vector")):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    save_adapter(model, out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def setup(tmp_path_factory: pytest.TempPathFactory, trained_adapter) -> tuple[Path, Path]:
     """A bf16 base on disk (as hub checkpoints are) and a DoRA adapter on sub-projections and the embedding."""
     root = tmp_path_factory.mktemp("stream")
     torch.manual_seed(0)
     OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).to(torch.bfloat16).save_pretrained(root / "base")
     targets = ("q", "v", "up", "proj_2", "token_embeddings")
-    adapter = trained_adapter(root / "base", root / "adapter", method="dora", r=4, alpha=4, targets=targets)
+    adapter = trained_adapter(root / "base", root / "adapter", seed=3, method="dora", r=4, alpha=4, targets=targets)
     return root / "base", adapter
 
 

@@ -33,20 +33,6 @@ APPLE_KEYS = {"transformer.token_embeddings.weight", "transformer.norm.weight"} 
 }  # the hub checkpoint's keys for 4 layers (openelm-spec §4.3)
 
 
-def trained_adapter(base_dir: Path, out: Path, seed: int = 1, **settings: object) -> Path:
-    """Save an adapter whose B (and embedding A, DoRA magnitudes) are non-zero, as after training."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_adapter(load_model(base_dir), AdapterConfig(**settings))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(k in name for k in ("lora_B", "lora_embedding_A", "lora_magnitude_vector")):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    save_adapter(model, out, base_name=str(base_dir))
-    return out
-
-
 def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
@@ -66,9 +52,17 @@ def ids() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_merged_checkpoint_equals_unmerged_adapter(base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str):
+def test_merged_checkpoint_equals_unmerged_adapter(
+    trained_adapter, base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str
+):
     adapter = trained_adapter(
-        base_dir, tmp_path / "adapter", method=method, r=4, targets=("q", "v", "gate", "out_proj")
+        base_dir,
+        tmp_path / "adapter",
+        seed=1,
+        base_name=str(base_dir),
+        method=method,
+        r=4,
+        targets=("q", "v", "gate", "out_proj"),
     )
     result = merge_to_directory(base_dir, adapter, tmp_path / "merged", MergeOptions(probe_texts=PROBE))
 
@@ -110,14 +104,16 @@ def test_merged_checkpoint_equals_unmerged_adapter(base_dir: Path, tmp_path: Pat
     assert (result.path / "tokenizer.model").is_file() and (result.path / "tokenizer.json").is_file()
 
 
-def test_merged_directory_loads_with_auto_class_and_exports_to_gguf(base_dir: Path, tmp_path: Path, ids: torch.Tensor):
+def test_merged_directory_loads_with_auto_class_and_exports_to_gguf(
+    trained_adapter, base_dir: Path, tmp_path: Path, ids: torch.Tensor
+):
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import elmtune  # noqa: F401 - registers OpenELM with transformers
     from elmtune.models.gguf import export_gguf
 
-    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", seed=1, base_name=str(base_dir), r=4, targets=("all",))
     out = merge_to_directory(base_dir, adapter, tmp_path / "merged", MergeOptions(verify=False)).path
     auto = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(auto) is OpenELMForCausalLM and auto.config.share_input_output_layers
@@ -146,10 +142,12 @@ def test_trained_norms_replace_the_base_norms(base_dir: Path, tmp_path: Path, id
     torch.testing.assert_close(logits_of(load_model(result.path), ids), logits_of(model.eval(), ids), atol=1e-4, rtol=0)
 
 
-def test_a_wrong_merge_fails_the_check_and_leaves_nothing(base_dir: Path, tmp_path: Path, monkeypatch):
+def test_a_wrong_merge_fails_the_check_and_leaves_nothing(trained_adapter, base_dir: Path, tmp_path: Path, monkeypatch):
     from elmtune.adapters import streaming
 
-    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("out_proj",))
+    adapter = trained_adapter(
+        base_dir, tmp_path / "adapter", seed=1, base_name=str(base_dir), r=4, targets=("out_proj",)
+    )
     real = streaming.adapter_deltas
 
     def off_by_one_percent(*args, **kwargs):  # a merge bug: the update scaled by 1.01
@@ -163,8 +161,8 @@ def test_a_wrong_merge_fails_the_check_and_leaves_nothing(base_dir: Path, tmp_pa
     assert not out.exists() and list(out.parent.iterdir()) == []  # no partial directory either
 
 
-def test_a_forced_tiny_budget_fails_even_a_correct_merge(base_dir: Path, tmp_path: Path):
-    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+def test_a_forced_tiny_budget_fails_even_a_correct_merge(trained_adapter, base_dir: Path, tmp_path: Path):
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", seed=1, base_name=str(base_dir), r=4, targets=("all",))
     options = MergeOptions(probe_texts=PROBE, budget=VerifyBudget(max_abs_diff=0.0))
     with pytest.raises(MergeVerificationError, match="Nothing was written"):
         merge_to_directory(base_dir, adapter, tmp_path / "merged", options)
@@ -174,10 +172,10 @@ def test_a_forced_tiny_budget_fails_even_a_correct_merge(base_dir: Path, tmp_pat
     ).verification.passed
 
 
-def test_existing_output_is_refused_unless_overwrite(base_dir: Path, tmp_path: Path):
+def test_existing_output_is_refused_unless_overwrite(trained_adapter, base_dir: Path, tmp_path: Path):
     from elmtune.adapters.merged_checkpoint import OutputExistsError
 
-    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=2, targets=("v",))
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", seed=1, base_name=str(base_dir), r=2, targets=("v",))
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("x")
@@ -218,11 +216,11 @@ def test_compare_logits_matches_its_formulas_in_any_chunking(chunk: int):
     assert not broken.finite and math.isnan(broken.max_abs_diff) and broken.positions == 13
 
 
-def test_the_check_holds_one_decoder_layer_at_a_time(base_dir: Path, tmp_path: Path, monkeypatch):
+def test_the_check_holds_one_decoder_layer_at_a_time(trained_adapter, base_dir: Path, tmp_path: Path, monkeypatch):
     """The check runs both models layer by layer: never more than one decoder layer's weights materialised."""
     from elmtune.adapters import verify
 
-    adapter = trained_adapter(base_dir, tmp_path / "adapter", r=4, targets=("all",))
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", seed=1, base_name=str(base_dir), r=4, targets=("all",))
     layers: list[torch.nn.Module] = []
     most = 0
     real = verify._materialise
