@@ -120,9 +120,27 @@ def promote_trainable_norms(model: nn.Module) -> None:
                 copy.register_forward_hook(_cast_output_to_input_dtype)
 
 
-def _reject_wrapped(model: nn.Module) -> None:
+def reject_wrapped(model: nn.Module, hint: str = "start from the base model") -> None:
+    """Refuse a model that already carries adapters (a peft wrapper or injected LoRA layers)."""
     if isinstance(model, PeftModel) or any(isinstance(m, LoraLayer) for m in model.modules()):
-        raise AdapterError("this model already carries adapters; start from the base model")
+        raise AdapterError(f"this model already carries adapters; {hint}")
+
+
+def wrap_with_peft(model: nn.Module, lora_config: LoraConfig, adapter_name: str) -> PeftModel:
+    """Freeze ``model`` and wrap it with ``lora_config``'s adapter (fp32 on a half-precision base).
+
+    Trainable norm copies become fp32 too, and the result keeps the base model's train/eval mode (peft's new modules,
+    such as dropout, follow it).
+    """
+    training = model.training
+    for param in model.parameters():
+        param.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name, autocast_adapter_dtype=True)
+    promote_trainable_norms(peft_model)
+    peft_model.train(training)
+    return peft_model
 
 
 def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
@@ -143,8 +161,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
     Raises:
         AdapterError: Targets that match nothing, a model that already has adapters, or invalid combinations.
     """
-    _reject_wrapped(model)
-    training = model.training
+    reject_wrapped(model)
     plan = resolve_targets(model, cfg)
     if cfg.method == "dora" and any(t.embedding for t in plan.targets):
         warnings.warn(
@@ -154,13 +171,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
         )
     lora_config = build_lora_config(model, cfg, plan)
     split_fused_modules(model, plan.row_blocks)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name, autocast_adapter_dtype=True)
-    promote_trainable_norms(peft_model)
-    peft_model.train(training)  # new adapter modules (dropout) follow the base model's train/eval mode
+    peft_model = wrap_with_peft(model, lora_config, adapter_name)
     state = AdapterState(config=cfg, adapter_name=adapter_name)
     if cfg.rewrites_base:
         from peft import get_peft_model_state_dict
@@ -178,4 +189,6 @@ __all__ = [
     "build_lora_config",
     "norm_module_names",
     "promote_trainable_norms",
+    "reject_wrapped",
+    "wrap_with_peft",
 ]

@@ -11,17 +11,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from elmtune import __version__
-from elmtune.adapters.apply import AdapterState, adapter_state, promote_trainable_norms
+from elmtune.adapters.apply import AdapterState, adapter_state, reject_wrapped, wrap_with_peft
 from elmtune.adapters.config import AdapterConfig, AdapterError
 from elmtune.adapters.dora import custom_module_mapping
 from elmtune.adapters.fused import RowSplitLinear, split_fused_modules
@@ -241,10 +240,8 @@ def attach_adapter_from_dir(
     The adapter weights are left at their initial values (this is what ``inspect`` needs on a meta-device model).
     """
     path = check_adapter_dir(adapter_dir)
-    if isinstance(base_model, PeftModel) or any(isinstance(m, LoraLayer) for m in base_model.modules()):
-        raise AdapterError("this model already carries adapters; load onto the base model")
+    reject_wrapped(base_model, "load onto the base model")
     metadata = read_metadata(path)
-    training = base_model.training
     if metadata is not None:
         check_signature(base_model, metadata.get("base", {}), str(path))
         blocks = {k: {b: (int(r[0]), int(r[1])) for b, r in v.items()} for k, v in metadata["row_blocks"].items()}
@@ -254,13 +251,7 @@ def attach_adapter_from_dir(
     config.inference_mode = False
     config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
     config._register_custom_module(custom_module_mapping())
-    for param in base_model.parameters():
-        param.requires_grad_(False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        model = get_peft_model(base_model, config, adapter_name=adapter_name, autocast_adapter_dtype=True)
-    promote_trainable_norms(model)
-    model.train(training)
+    model = wrap_with_peft(base_model, config, adapter_name)
     adapter_config = None
     if metadata is not None and metadata.get("adapter_config") is not None:
         adapter_config = AdapterConfig.from_dict(metadata["adapter_config"])
