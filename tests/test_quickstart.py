@@ -39,6 +39,7 @@ def test_quickstart_runs_as_written(tmp_path):
         )
         assert done.returncode == 0, f"{shlex.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         outputs.append(done.stdout + done.stderr)
+        assert "deprecat" not in outputs[-1].lower(), f"{shlex.join(cmd)} printed a deprecation:\n{outputs[-1]}"
     runs = tmp_path / "runs"
     assert "271,527,168" in outputs[0]
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from elmtune.adapters import AdapterConfig, apply_adapter, load_adapter, save_adapter
 from elmtune.adapters.merge_run import MergeOptions, MergeVerificationError, merge_to_directory
 from elmtune.adapters.verify import PROBE_TEXTS, VerifyBudget
-from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model, saved_keys
 
 PROBE = PROBE_TEXTS[:3]
 PER_LAYER = (
@@ -74,7 +74,7 @@ def test_merged_checkpoint_equals_unmerged_adapter(
 
     saved = load_file(result.path / "model.safetensors")
     assert set(saved) == APPLE_KEYS  # exactly Apple's keys: no lm_head, no adapter names
-    assert set(merged.state_dict()) == APPLE_KEYS
+    assert set(saved_keys(merged)) == APPLE_KEYS
     base = load_file(base_dir / "model.safetensors")
     config = merged.config
     for i in range(4):

@@ -204,9 +204,8 @@ def test_preference_file_is_not_sft(data_dir):
 
 
 def test_hub_id_offline_is_one_clear_line(monkeypatch):
-    import huggingface_hub
-
     import datasets
+    import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

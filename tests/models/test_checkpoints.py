@@ -37,7 +37,8 @@ def hub_style_dir(tmp_path):
     bf16 safetensors with Apple's keys, and remote-code files that fail loudly if anything executes them."""
     config = OpenELMConfig.from_preset("tiny")
     torch.manual_seed(0)
-    weights = {k: v.to(torch.bfloat16) for k, v in OpenELMForCausalLM(config).state_dict().items()}
+    state = OpenELMForCausalLM(config).state_dict()
+    weights = {k: state[k].to(torch.bfloat16) for k in apple_keys(config.num_transformer_layers)}
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     fields = {name: getattr(config, name) for name in APPLE_CONFIG_FIELDS}
     fields |= {

@@ -62,7 +62,7 @@ def test_parameter_counts_of_every_size(size):
     with torch.device("meta"):
         model = OpenELMForCausalLM(config)
     assert count_parameters(model) == TOTALS[size]
-    assert "lm_head.weight" not in model.state_dict()
+    assert model.output_weight() is model.get_input_embeddings().weight  # tied: counted once
 
 
 def test_other_sizes_match_spec_lists():

@@ -135,3 +135,34 @@ def test_untied_config_has_its_own_head():
     assert "lm_head.weight" in model.state_dict()
     assert model.get_output_embeddings() is model.lm_head
     assert model.output_weight() is not model.transformer.token_embeddings.weight
+
+
+def test_tied_head_is_the_embedding_as_transformers_declares_it(tiny_model):
+    head = tiny_model.get_output_embeddings()
+    assert isinstance(head, torch.nn.Linear) and head.weight is tiny_model.get_input_embeddings().weight
+    assert tiny_model.config.tie_word_embeddings is True
+    ids = torch.randint(3, 32000, (1, 6))
+    hidden = tiny_model.transformer(ids).last_hidden_state
+    torch.testing.assert_close(tiny_model(ids).logits, hidden @ tiny_model.transformer.token_embeddings.weight.T)
+    tiny_model.lm_head.weight = torch.nn.Parameter(torch.zeros_like(head.weight))  # broken on purpose
+    tiny_model.tie_weights()
+    assert tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
+
+
+def test_resize_token_embeddings_keeps_the_head_tied(tiny_model):
+    old = tiny_model.get_input_embeddings().weight.detach().clone()  # (32000, d)
+    tiny_model.resize_token_embeddings(32008, mean_resizing=False)
+    embedding, head = tiny_model.get_input_embeddings(), tiny_model.get_output_embeddings()
+    assert embedding.weight.shape == (32008, tiny_model.config.model_dim) and head.weight is embedding.weight
+    assert tiny_model.config.vocab_size == 32008 and torch.equal(embedding.weight[:32000], old)
+    logits = tiny_model(torch.tensor([[32005, 7, 8]])).logits
+    assert logits.shape == (1, 3, 32008)
+    tiny_model.resize_token_embeddings(31990)  # shrinking too
+    assert tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
+
+
+def test_untied_head_resizes_with_the_embedding():
+    model = OpenELMForCausalLM(OpenELMConfig.from_preset("tiny", share_input_output_layers=False))
+    model.resize_token_embeddings(32004, mean_resizing=False)
+    assert model.get_output_embeddings().weight.shape == (32004, model.config.model_dim)
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight

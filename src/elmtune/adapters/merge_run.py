@@ -164,12 +164,14 @@ def _open_base(base: str, low_memory: bool) -> tuple[Any, TensorSource, Path | N
         path = _base_directory(base)
         return _read_openelm_config(path), SafetensorsSource.from_directory(path), path
     from elmtune.models.loading import load_model
+    from elmtune.models.modeling import saved_keys
 
     model = load_model(base)
     if getattr(model.config, "model_type", None) != "openelm":
         raise MergeError(f"'{base}' is a {model.config.model_type} model; elmtune merges into OpenELM bases only")
     path = Path(base).expanduser()
-    return model.config, StateDictSource(model.state_dict()), path if path.is_dir() else None
+    state = model.state_dict()
+    return model.config, StateDictSource({k: state[k] for k in saved_keys(model)}), path if path.is_dir() else None
 
 
 def _check_adapter(checkpoint: AdapterCheckpoint, skeleton: torch.nn.Module, adapter_dir: Path) -> None:
@@ -222,7 +224,7 @@ def merge_to_directory(
     """
     from rich.progress import track
 
-    from elmtune.models.modeling import OpenELMForCausalLM
+    from elmtune.models.modeling import OpenELMForCausalLM, saved_keys
 
     options = options or MergeOptions()
     start = time.perf_counter()
@@ -239,7 +241,7 @@ def merge_to_directory(
     base_tied = bool(config.share_input_output_layers)
     untie = options.untie_embeddings and base_tied
     tied = base_tied and not untie
-    specs = output_specs(source, list(skeleton.state_dict()), dtype, untie=untie)
+    specs = output_specs(source, saved_keys(skeleton), dtype, untie=untie)
 
     with staged as tmp:
         writer = ShardedSafetensorsWriter(tmp, specs, int(options.max_shard_size))

@@ -128,7 +128,7 @@ def attach_unmerged_adapter(
                 a, b, _scaling(config, name, a.shape[0]), None if magnitude is None else magnitude.to(device).float()
             )
             handles.append(target.register_forward_hook(adapter.embedding_hook))
-            if adapted_head and getattr(model, "lm_head", None) is None:
+            if adapted_head and model.head_is_tied:
                 handles.append(model.transformer.norm.register_forward_hook(adapter.norm_hook))
                 handles.append(model.register_forward_hook(adapter.head_hook, with_kwargs=True))
         else:

@@ -221,9 +221,11 @@ def streamed_logits(
     device = torch.device(device)
     with torch.device("meta"):
         model = OpenELMForCausalLM(config).float().eval()
-    resident = ["transformer.token_embeddings", "transformer.norm"] + (["lm_head"] if model.lm_head is not None else [])
+    resident = ["transformer.token_embeddings", "transformer.norm"] + ([] if model.head_is_tied else ["lm_head"])
     for name in resident:
         _materialise(model.get_submodule(name), name, source, device)
+    if model.head_is_tied:
+        model.lm_head.weight = model.transformer.token_embeddings.weight  # the loaded embedding is the head
 
     def load_layer(index: int) -> Callable[..., None]:
         return lambda module, args: _materialise(module, f"transformer.layers.{index}", source, device)

@@ -27,6 +27,7 @@ from elmtune.evaluation.encoding import EncodedRequest, encode_request
 from elmtune.evaluation.items import ChoiceScore, Question
 from elmtune.evaluation.layout import Row, attention_mask, collate, common_prefix, plan_rows
 from elmtune.evaluation.packing import pack_rows, packed_mask
+from elmtune.models.modeling import CACHE_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class LoglikelihoodScorer:
             input_ids=packed.input_ids.to(self.device),
             position_ids=packed.position_ids.to(self.device),
             attention_mask=packed_mask(packed.owner, packed.segments, packed.prefix).to(self.device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=cache is not None,
         ).last_hidden_state  # (B, T, d)
         where = [packed.locate(i, p) for i, row in enumerate(rows) for target in row.targets for p in target.positions]
@@ -224,7 +225,7 @@ class LoglikelihoodScorer:
             input_ids=torch.tensor([row.tokens[:prefix]], device=self.device),
             position_ids=torch.tensor([row.positions[:prefix]], device=self.device),
             use_cache=True,
-        ).past_key_values
+        )[CACHE_FIELD]
         cache.batch_repeat_interleave(copies)
         return cache
 

@@ -7,11 +7,12 @@ imports no Auto class at import time, because that registration may run while tr
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.geometry import LayerGeometry, ModelGeometry, geometry_from_dict
 from elmtune.models.loading import load_model, resolve_dtype
-from elmtune.models.modeling import OpenELMForCausalLM, OpenELMModel, count_parameters
+from elmtune.models.modeling import CACHE_FIELD, OpenELMForCausalLM, OpenELMModel, count_parameters, saved_keys
 from elmtune.models.registration import register
 from elmtune.models.tokenizer import PAD_TOKEN_ID, load_tokenizer
 
 __all__ = [
+    "CACHE_FIELD",
     "PAD_TOKEN_ID",
     "LayerGeometry",
     "ModelGeometry",
@@ -24,4 +25,5 @@ __all__ = [
     "load_tokenizer",
     "register",
     "resolve_dtype",
+    "saved_keys",
 ]

@@ -46,7 +46,7 @@ class OpenELMConfig(PreTrainedConfig):
     """
 
     model_type: ClassVar[str] = "openelm"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["cache", "past_key_values"]
     attribute_map: ClassVar[dict[str, str]] = {
         "num_hidden_layers": "num_transformer_layers",
         "hidden_size": "model_dim",

@@ -11,14 +11,21 @@ Module tree and keys (all Linear layers bias-free; the output head is the tied t
     transformer.layers.{i}.ffn.proj_1                Linear(d -> 2 * ffn_i)              rows: gate | up
     transformer.layers.{i}.ffn.proj_2                Linear(ffn_i -> d)
     transformer.norm                                 RMSNorm(d)
-    lm_head                                          only when share_input_output_layers is false
+    lm_head                                          Linear(d -> vocab); its weight *is* the token embedding when
+                                                     share_input_output_layers (tied, never saved twice)
 
 Unlike the hub code, attention honours ``attention_mask`` (2-D padding masks and 4-D masks such as block-diagonal
 packing masks) and ``position_ids``, uses ``scaled_dot_product_attention`` with ``is_causal`` when nothing is padded,
 lets SDPA handle grouped-query attention without copying K/V heads, and keeps a transformers ``Cache``.
+
+The cache argument is ``cache`` in current transformers and ``past_key_values`` in older 5.x releases: every forward
+accepts both (one code path) and returns the cache under the output field the installed transformers declares
+(:data:`CACHE_FIELD`). Keyword arguments the model does not understand raise ``TypeError`` instead of being ignored.
 """
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +36,12 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.geometry import NORM_EPS
+
+logger = logging.get_logger(__name__)
 
 
 class OpenELMRMSNorm(nn.Module):
@@ -123,7 +133,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states)  # (B, L, (n_q + 2 n_kv) * hd)
@@ -133,8 +143,8 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, n_kv, past + L, hd)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, past + L, hd)
         grouped = self.num_q_heads != self.num_kv_heads
         if grouped and q.device.type == "mps":
             # MPS SDPA kernels lack grouped-query support in several torch releases: expand K/V explicitly there.
@@ -186,11 +196,9 @@ class OpenELMDecoderLayer(GradientCheckpointingLayer):
         rotary: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = True,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(
-            self.attn_norm(hidden_states), rotary, attn_mask, is_causal, past_key_values
-        )
+        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), rotary, attn_mask, is_causal, cache)
         return hidden_states + self.ffn(self.ffn_norm(hidden_states))
 
 
@@ -202,7 +210,7 @@ class OpenELMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["OpenELMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -228,6 +236,23 @@ class OpenELMPreTrainedModel(PreTrainedModel):
             init.normal_(last.weight, mean=0.0, std=residual_std)
         elif isinstance(module, nn.Linear) and module.weight is not None:  # the untied output head
             init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+
+
+#: The output field (and forward argument) that holds the KV cache in the installed transformers: ``cache`` from 5.24
+#: on, ``past_key_values`` before.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache given under either name; both at once is an error."""
+    if cache is not None and past_key_values is not None:
+        raise TypeError("give the KV cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def _refuse_attention_weights(output_attentions: bool | None) -> None:
+    if output_attentions:
+        raise ValueError("OpenELM uses scaled_dot_product_attention and cannot return attention weights")
 
 
 def _positions_from_mask(mask_2d: torch.Tensor, length: int) -> torch.Tensor:
@@ -289,37 +314,52 @@ class OpenELMModel(OpenELMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs: object,
-    ) -> BaseModelOutputWithPast:
+        *,
+        past_key_values: Cache | None = None,
+        cache_position: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPast | tuple[torch.Tensor, ...]:
         """Run the decoder stack.
 
         Args:
             input_ids: Token ids (B, L); give exactly one of ``input_ids`` and ``inputs_embeds``.
             attention_mask: (B, past + L) with 1 for real tokens, or a 4-D (B, 1, L, past + L) mask.
             position_ids: (B, L); derived from ``attention_mask`` (or the cache length) when omitted.
-            past_key_values: A transformers ``Cache``; created when ``use_cache`` is true.
+            cache: A transformers ``Cache``; created when ``use_cache`` is true.
             inputs_embeds: Embedded inputs (B, L, d).
             use_cache: Whether to return a cache (defaults to the config's ``use_cache`` outside training).
             output_hidden_states: Also return the input of every layer and the final normalised output.
-            **kwargs: Ignored (accepted for compatibility with generic callers).
+            past_key_values: The cache under its name in transformers before 5.24 (give one of the two).
+            cache_position: Accepted from older ``generate`` loops and not needed: positions come from
+                ``position_ids``, the 2-D mask or the cache length.
+            output_attentions: Only false/None: SDPA returns no attention weights.
+            return_dict: ``False`` returns the output as a tuple.
 
         Returns:
-            ``BaseModelOutputWithPast`` with ``last_hidden_state`` (B, L, d).
+            ``BaseModelOutputWithPast`` with ``last_hidden_state`` (B, L, d) and the cache under :data:`CACHE_FIELD`.
         """
+        del cache_position  # redundant with the positions derived below
+        _refuse_attention_weights(output_attentions)
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.token_embeddings(input_ids)  # (B, L, d)
         batch, length, _ = inputs_embeds.shape
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and checkpointing:
+            logger.warning_once("gradient checkpointing recomputes layers, so no KV cache is kept: use_cache=False")
+            use_cache, cache = False, None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
 
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
@@ -334,26 +374,33 @@ class OpenELMModel(OpenELMPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, rotary, attn_mask=attn_mask, is_causal=is_causal, past_key_values=past_key_values)
+            hidden = layer(hidden, rotary, attn_mask=attn_mask, is_causal=is_causal, cache=cache)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
-        return BaseModelOutputWithPast(
+        output = BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
+        return output if return_dict is not False else output.to_tuple()
 
 
 class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
-    """OpenELM with a language-model head; the head is the token embedding when ``share_input_output_layers``."""
+    """OpenELM with a language-model head.
+
+    ``lm_head`` follows transformers' tied-weights convention: with ``share_input_output_layers`` (Apple's released
+    models) its weight *is* the token embedding's, declared in ``_tied_weights_keys``, so ``get_output_embeddings``,
+    ``tie_weights`` and ``resize_token_embeddings`` behave as for Llama, and checkpoints keep Apple's keys (the tied
+    head is not saved).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
 
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__(config)
         self.transformer = OpenELMModel(config)
-        self.lm_head = (
-            None if config.share_input_output_layers else nn.Linear(config.model_dim, config.vocab_size, bias=False)
-        )
+        self.lm_head = nn.Linear(config.model_dim, config.vocab_size, bias=False)
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:
             self.generation_config.pad_token_id = 0
@@ -364,69 +411,88 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.transformer.token_embeddings = value
 
-    def get_output_embeddings(self) -> nn.Module | None:
+    def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @property
+    def head_is_tied(self) -> bool:
+        """Whether the output head shares the token embedding's weight (``share_input_output_layers``)."""
+        return bool(self.config.share_input_output_layers)
+
     def output_weight(self) -> torch.Tensor:
-        """The (vocab, d) matrix that produces logits: the tied embedding's base weight, or ``lm_head``."""
-        if self.lm_head is not None:
-            return self.lm_head.weight
-        return self.transformer.token_embeddings.weight
+        """The (vocab, d) matrix that produces logits: ``lm_head.weight`` (the tied embedding's base weight)."""
+        return self.lm_head.weight
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs: object,
-    ) -> CausalLMOutputWithPast:
+        *,
+        past_key_values: Cache | None = None,
+        cache_position: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> CausalLMOutputWithPast | tuple[torch.Tensor, ...]:
         """Logits (B, L, vocab) and, with ``labels``, the mean next-token cross-entropy (ignore index -100).
 
         Args:
             labels: (B, L) targets aligned with ``input_ids``; shifted by one inside.
             logits_to_keep: Compute logits only for the last N positions (0: all), or for the given indices.
-            **kwargs: ``num_items_in_batch`` switches the loss to sum / num_items_in_batch; others are ignored.
+            num_items_in_batch: Switches the loss to sum / num_items_in_batch (gradient accumulation).
 
-        See :meth:`OpenELMModel.forward` for the other arguments.
+        See :meth:`OpenELMModel.forward` for the other arguments; any other keyword raises ``TypeError``.
         """
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            cache_position=cache_position,
+            output_attentions=output_attentions,
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = F.linear(hidden, self.output_weight())  # (B, L, vocab)
+        logits = self.lm_head(hidden)  # (B, L, vocab)
 
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-            num_items = kwargs.get("num_items_in_batch")
-            if num_items is None:
+            if num_items_in_batch is None:
                 loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
             else:
                 loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-                loss = loss / num_items
-        return CausalLMOutputWithPast(
+                loss = loss / num_items_in_batch
+        output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
         )
+        return output if return_dict is not False else output.to_tuple()
+
+
+def saved_keys(model: OpenELMForCausalLM) -> list[str]:
+    """The state-dict keys a checkpoint of ``model`` holds, in order: Apple's keys (a tied head is not saved)."""
+    keys = list(model.state_dict())
+    return [k for k in keys if k != "lm_head.weight"] if model.head_is_tied else keys
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -441,10 +507,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "CACHE_FIELD",
     "OpenELMForCausalLM",
     "OpenELMModel",
     "OpenELMPreTrainedModel",
     "OpenELMRMSNorm",
     "apply_rotary",
     "count_parameters",
+    "saved_keys",
 ]
