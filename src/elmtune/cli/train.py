@@ -41,6 +41,7 @@ _FLAG_KEYS = {
     "schedule": "train.schedule",
     "warmup": "train.warmup",
     "z_loss": "train.z_loss",
+    "skip_nonfinite": "train.skip_nonfinite",
     "objective": "train.objective",
     "preference_loss": "train.preference_loss",
     "beta": "train.beta",
@@ -128,6 +129,9 @@ def train(
     schedule: Annotated[str | None, Opt(help="cosine, linear or constant.")] = None,
     warmup: Annotated[str | None, Opt(help="Warm-up steps (int) or fraction (float).")] = None,
     z_loss: Annotated[float | None, Opt(help="z-loss coefficient (Apple: 1e-4).")] = None,
+    skip_nonfinite: Annotated[
+        int | None, Opt(help="Steps with a NaN/inf loss or gradient to skip before stopping (default 0: stop).")
+    ] = None,
     objective: Annotated[str | None, Opt(help="sft, or dpo for preference pairs.")] = None,
     preference_loss: Annotated[str | None, Opt(help="dpo: sigmoid (DPO), hinge or ipo.")] = None,
     beta: Annotated[float | None, Opt(help="dpo: beta (Apple's Instruct recipe: 0.01).")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,3 +52,12 @@ class ChoiceScore:
     loglikelihood: float
     num_tokens: int
     is_greedy: bool
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.loglikelihood):
+            from elmtune.models.finite import NonFiniteError
+
+            raise NonFiniteError(
+                f"a log-likelihood is {self.loglikelihood}: the model produced NaN or infinite logits, so no score "
+                "can be computed; check the model and adapter weights (or evaluate in fp32)"
+            )

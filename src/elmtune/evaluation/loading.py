@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from elmtune.errors import ElmtuneError
+from elmtune.models.finite import require_finite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def load_for_eval(
     if spec.adapter is not None:
         model = _attach_adapter(model, Path(spec.adapter))
     model = model.to(target).eval()
+    require_finite_parameters(
+        model, spec.label if spec.adapter is None else f"{spec.model} with adapter {spec.adapter}"
+    )
     tokenizer = load_tokenizer(spec.tokenizer if spec.tokenizer is not None else spec.model)
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:

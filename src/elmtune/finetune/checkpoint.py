@@ -47,6 +47,7 @@ class TrainerState:
         tokens_seen: Supervised tokens processed so far.
         elapsed_s: Training time so far (wall clock, excluding earlier crashed attempts' lost work).
         log_history: Metrics rows logged so far.
+        skipped_nonfinite: Steps skipped because their loss or gradient norm was NaN or infinite.
     """
 
     step: int = 0
@@ -55,6 +56,7 @@ class TrainerState:
     tokens_seen: int = 0
     elapsed_s: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_nonfinite: int = 0
 
 
 def _fsync_tree(path: Path) -> None:

@@ -54,6 +54,8 @@ class TrainConfig:
         betas: AdamW betas.
         eps: AdamW epsilon.
         max_grad_norm: Clip the global gradient norm to this (0 disables clipping; the norm is still logged).
+        skip_nonfinite: Steps with a NaN or infinite loss or gradient norm that may be skipped (no update, counted
+            in ``metrics.jsonl``) before the run stops; 0 stops at the first one.
         z_loss: Coefficient of the z-loss (``logsumexp(logits)^2`` per target token); Apple's recipe uses 1e-4.
         seed: Seed of initialisation, data order and dropout.
         group_by_length: Batch examples of similar length together (less padding).
@@ -84,6 +86,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     max_grad_norm: float = 1.0
+    skip_nonfinite: int = 0
     z_loss: float = 0.0
     seed: int = 0
     group_by_length: bool = True
@@ -112,6 +115,7 @@ class TrainConfig:
             (self.weight_decay >= 0 and self.max_grad_norm >= 0 and self.z_loss >= 0, "negative coefficient"),
             (min(self.log_every, self.keep_last) >= 1, "log_every and keep_last must be >= 1"),
             (min(self.eval_every, self.save_every) >= 0, "eval_every and save_every must be >= 0"),
+            (self.skip_nonfinite >= 0, "skip_nonfinite must be >= 0"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
             (self.base_dtype in ("auto", "fp32", "bf16", "fp16"), "base_dtype must be auto, fp32, bf16 or fp16"),
         ]

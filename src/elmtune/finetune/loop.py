@@ -44,6 +44,7 @@ from elmtune.finetune.device import PrecisionPlan
 from elmtune.finetune.objectives import Objective
 from elmtune.finetune.run_log import MetricsWriter, ProgressReporter, plot_loss_curve
 from elmtune.finetune.schedule import Schedule, warmup_steps_from
+from elmtune.models.finite import NonFiniteError, require_finite_parameters
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -122,7 +123,37 @@ def evaluate_loss(
     return float(total / count) if count > 0 else float("nan")
 
 
+def _step_is_finite(loss_sum: torch.Tensor, grad_norm: torch.Tensor | float, accelerator: Accelerator) -> bool:
+    """Whether every process's loss and the global gradient norm are finite.
+
+    Under fp16 with a gradient scaler an infinite norm is the scaler's overflow signal (it skips that update and
+    lowers the scale itself), so there only the loss counts.
+    """
+    bad = torch.tensor(0.0 if bool(torch.isfinite(loss_sum)) else 1.0, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    grad_ok = math.isfinite(float(grad_norm)) or accelerator.scaler is not None
+    return grad_ok and float(bad) == 0.0
+
+
+def _skip_nonfinite_step(
+    state: TrainerState, cfg: TrainConfig, loss: float, grad_norm: float, progress: ProgressReporter
+) -> None:
+    """Count a step whose loss or gradient is not finite and drop its gradient, or stop the run (one line)."""
+    state.skipped_nonfinite += 1
+    step = state.step + 1
+    what = f"step {step}: the loss is {loss:.4g} and the gradient norm {grad_norm:.4g}"
+    if state.skipped_nonfinite > cfg.skip_nonfinite:
+        allowed = f" ({cfg.skip_nonfinite} such steps allowed)" if cfg.skip_nonfinite else ""
+        raise NonFiniteError(
+            f"{what}: training diverged{allowed} and stopped; nothing from this step was saved. Lower the learning "
+            "rate (--lr) or raise skip_nonfinite"
+        )
+    progress.message(f"{what}: step skipped ({state.skipped_nonfinite} of {cfg.skip_nonfinite} allowed)")
+
+
 def _write_final(model: nn.Module, save_adapter: Callable[[nn.Module, Path], None], run_dir: Path) -> Path:
+    require_finite_parameters(model, "the final adapter", trainable_only=True)
     final = run_dir / "final"
     tmp = run_dir / f".tmp-final-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -219,6 +250,7 @@ def train(
     progress.message(data.summary())
 
     def write_model(directory: Path) -> None:
+        require_finite_parameters(unwrapped, f"the adapter at step {state.step}", trainable_only=True)
         save_adapter(unwrapped, directory / "adapter")
         save_file(trainable_tensors(unwrapped), str(directory / TRAINABLE_FILE))
 
@@ -274,7 +306,10 @@ def train(
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = accelerator.clip_grad_norm_(params, max_norm)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        if _step_is_finite(loss_sum, grad_norm, accelerator):
+            optimizer.step()
+        else:
+            _skip_nonfinite_step(state, cfg, float(loss_sum), float(grad_norm), progress)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -293,6 +328,7 @@ def train(
                 **{key: float(v) for key, v in zip(metric_sums, totals[1:].tolist(), strict=True)},
                 "lr": lr,
                 "grad_norm": float(grad_norm),
+                **({"skipped_nonfinite": state.skipped_nonfinite} if cfg.skip_nonfinite else {}),
                 "tokens": int(step_tokens),
                 "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                 "elapsed_s": round(state.elapsed_s, 3),

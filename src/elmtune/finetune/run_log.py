@@ -7,6 +7,7 @@ job) there is no bar: one plain line is printed every ``print_every`` steps inst
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,20 @@ class MetricsWriter:
         self.path = path
         if truncate_after_step is not None and path.is_file():
             kept = [row for row in read_metrics(path) if row.get("step", 0) <= truncate_after_step]
-            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            path.write_text("".join(json.dumps(_finite_or_null(row), allow_nan=False) + "\n" for row in kept))
         self._handle = path.open("a")
 
     def write(self, row: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(row) + "\n")
+        """Append ``row`` as strict JSON: a NaN or infinite number is written as ``null``."""
+        self._handle.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _finite_or_null(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
