@@ -183,11 +183,13 @@ class AdapterConfig:
         """
         import yaml
 
+        from elmtune.recipe_yaml import load_recipe_yaml
+
         path = Path(path)
         if not path.is_file():
             raise AdapterError(f"adapter config {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_recipe_yaml(path) or {}
         except yaml.YAMLError as err:
             raise AdapterError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if isinstance(data, Mapping) and isinstance(data.get("adapter"), Mapping):

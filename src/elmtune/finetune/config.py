@@ -25,6 +25,7 @@ import yaml
 from elmtune.adapters.config import AdapterConfig
 from elmtune.datasets.prepare import DataConfig
 from elmtune.errors import ElmtuneError
+from elmtune.recipe_yaml import load_recipe_yaml
 
 
 class ConfigError(ElmtuneError):
@@ -234,7 +235,7 @@ def load_run_config(recipe: str | Path | None, overrides: Mapping[str, Any] | No
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_recipe_yaml(path) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(data, dict):
