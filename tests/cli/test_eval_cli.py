@@ -22,8 +22,10 @@ class _Report:
 def calls(monkeypatch):
     seen = []
 
-    def fake_run_eval(spec, config, *, compare=None, output_dir=None):
-        seen.append({"spec": spec, "config": config, "compare": compare, "output_dir": output_dir})
+    def fake_run_eval(spec, config, *, compare=None, output_dir=None, overwrite=False):
+        seen.append(
+            {"spec": spec, "config": config, "compare": compare, "output_dir": output_dir, "overwrite": overwrite}
+        )
         return _Report()
 
     monkeypatch.setattr(elmtune.evaluation, "run_eval", fake_run_eval)
@@ -72,7 +74,7 @@ def test_options_become_one_run_eval_call(calls, tmp_path):
     assert config.limit == 50 and config.batch_size == 8 and config.add_bos is False
     assert (config.dtype, config.device, config.generation.num_beams) == ("bf16", "cpu", 4)
     assert (call["compare"].model, call["compare"].adapter) == ("270M", None)  # base = MODEL without the adapter
-    assert call["output_dir"] == tmp_path / "out"
+    assert call["output_dir"] == tmp_path / "out" and call["overwrite"] is False
 
 
 def test_defaults_follow_apple(calls):
@@ -81,6 +83,13 @@ def test_defaults_follow_apple(calls):
     config = calls[0]["config"]
     assert config.protocol == "apple" and config.add_bos is True and config.batch_size == "auto"
     assert config.tasks is None and config.limit is None and calls[0]["compare"] is None
+    assert calls[0]["overwrite"] is False
+
+
+def test_overwrite_reaches_run_eval(calls, tmp_path):
+    result = runner.invoke(app, ["eval", "tiny", "--data", "dir", "-o", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert calls[0]["output_dir"] == tmp_path and calls[0]["overwrite"] is True
 
 
 @pytest.mark.parametrize(

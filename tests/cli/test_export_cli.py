@@ -63,14 +63,20 @@ def library_calls(monkeypatch):
 def test_options_reach_the_library(library_calls):
     result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--outtype", "bf16", "--name", "My ELM"])
     assert result.exit_code == 0, result.output
-    assert library_calls == [(Path("ckpt"), Path("m.gguf"), "bf16", {"name": "My ELM", "progress": False})]
+    expected = {"name": "My ELM", "progress": False, "overwrite": False}
+    assert library_calls == [(Path("ckpt"), Path("m.gguf"), "bf16", expected)]
     assert "1 BF16" in result.output and "1.0 MiB" in result.output
+    result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert library_calls[-1][3]["overwrite"] is True
 
 
 def test_default_outtype_is_f16(library_calls):
     result = runner.invoke(app, ["export", "ckpt", "--output", "m.gguf"])
     assert result.exit_code == 0, result.output
-    assert library_calls == [(Path("ckpt"), Path("m.gguf"), "f16", {"name": None, "progress": False})]
+    assert library_calls == [
+        (Path("ckpt"), Path("m.gguf"), "f16", {"name": None, "progress": False, "overwrite": False})
+    ]
 
 
 def test_unknown_format_and_outtype_are_usage_errors(tiny_checkpoint, tmp_path):

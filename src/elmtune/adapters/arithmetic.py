@@ -337,15 +337,19 @@ def combine_adapters(
 ) -> CombineResult:
     """Combine adapter directories into a new PEFT-format adapter directory (with ``combine_report.json``).
 
-    The result loads with :func:`elmtune.adapters.load_adapter` or plain peft and merges with ``elmtune merge``.
+    The result loads with :func:`elmtune.adapters.load_adapter` or plain peft and merges with ``elmtune merge``. The
+    output path is checked before any adapter is read; the directory is built as a hidden sibling and renamed into
+    place only when complete, so a failure leaves ``out_dir`` as it was.
 
     Raises:
         AdapterError: A combination known to be wrong (see the module docstring).
+        OutputPathError: ``out_dir`` exists and is not empty (without ``overwrite``), is a file, or is not writable.
+        OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
     from safetensors.torch import save_file
 
     from elmtune.adapters.io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
-    from elmtune.adapters.merged_checkpoint import StagedDirectory
+    from elmtune.output_paths import StagedDirectory
 
     paths = [Path(d).expanduser() for d in adapter_dirs]
     staged = StagedDirectory(out_dir, overwrite=overwrite)

@@ -1,6 +1,7 @@
 """``merge_to_directory``: base + adapter -> a verified, self-describing OpenELM checkpoint directory.
 
-Steps: read the adapter and check it fits the base (geometry fingerprint); open the base, either loaded in memory
+Steps: check the output path; read the adapter and check it fits the base (geometry fingerprint, and every adapted
+module present in the base with the update's shape); open the base, either loaded in memory
 (any preset, hub id or directory) or, with ``low_memory``, as its safetensors files read one tensor at a time; merge
 tensor by tensor in fp32 and round once to the output dtype (:mod:`elmtune.adapters.streaming`), writing straight
 into a staged directory; write config, tokenizer, report and model card; run the merge check
@@ -25,15 +26,16 @@ import torch
 from elmtune import __version__
 from elmtune.adapters.config import AdapterError
 from elmtune.adapters.merge import AdapterCheckpoint, read_adapter
-from elmtune.adapters.merged_checkpoint import (
-    CARD_FILE,
-    StagedDirectory,
-    copy_tokenizer,
-    write_config,
-    write_report,
-)
+from elmtune.adapters.merged_checkpoint import CARD_FILE, copy_tokenizer, write_config, write_report
 from elmtune.adapters.model_card import render_model_card, training_data
-from elmtune.adapters.streaming import EMBEDDING_KEY, adapter_layout, merged_tensors, output_specs
+from elmtune.adapters.streaming import (
+    EMBEDDING_KEY,
+    AdapterLayout,
+    adapter_layout,
+    check_adapter_fits,
+    merged_tensors,
+    output_specs,
+)
 from elmtune.adapters.tensor_files import (
     SafetensorsSource,
     ShardedSafetensorsWriter,
@@ -43,6 +45,7 @@ from elmtune.adapters.tensor_files import (
 )
 from elmtune.adapters.verify import PROBE_TEXTS, VerifyBudget, VerifyResult, verify_merge
 from elmtune.errors import ElmtuneError
+from elmtune.output_paths import StagedDirectory
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPORT_FORMAT = "elmtune-merge-report"
@@ -202,10 +205,72 @@ def _embedding_note(adapted: bool, base_tied: bool, untie: bool) -> str:
     return "tied to the token embedding, as in the base"
 
 
+@dataclass(frozen=True)
+class _MergeFacts:
+    """What the report says besides the check: the merge's inputs, output dtype and head handling."""
+
+    base: str
+    base_dtype: torch.dtype
+    adapter_dir: Path
+    out_dir: Path
+    dtype: torch.dtype
+    layout: AdapterLayout
+    base_tied: bool
+    untie: bool
+    low_memory: bool
+
+
+def _merge_report(
+    facts: _MergeFacts,
+    checkpoint: AdapterCheckpoint,
+    files: list[str],
+    verification: VerifyResult | None,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The content of ``merge_report.json`` (also what the model card is rendered from)."""
+    metadata = checkpoint.metadata or {}
+    peft = checkpoint.peft_config
+    layout = facts.layout
+    return {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "elmtune_version": __version__,
+        "output": str(facts.out_dir),
+        "base": facts.base,
+        "base_dtype": str(facts.base_dtype).removeprefix("torch."),
+        "adapter": {
+            "path": str(facts.adapter_dir),
+            "method": "dora" if layout.dora else "lora",
+            "trained_on": metadata.get("base_model"),
+            "config": metadata.get("adapter_config"),
+            "peft": {k: peft.get(k) for k in ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora")},
+        },
+        "training_data": training_data(facts.adapter_dir),
+        "dtype": str(facts.dtype).removeprefix("torch."),
+        "arithmetic": "fp32, rounded once to the output dtype",
+        "embeddings": {
+            "adapted": layout.touches_embedding,
+            "tied": facts.base_tied and not facts.untie,
+            "untied_by_request": facts.untie,
+            "note": _embedding_note(layout.touches_embedding, facts.base_tied, facts.untie),
+        },
+        "low_memory": facts.low_memory,
+        "changed_tensors": sorted(layout.adapted_keys | layout.replaced_keys),
+        "files": sorted([*files, CARD_FILE, "merge_report.json"]),
+        "verification": None if verification is None else verification.to_dict(),
+        "seconds": {key: round(value, 3) for key, value in seconds.items()},
+    }
+
+
 def merge_to_directory(
     base: str | Path, adapter_dir: str | Path, out_dir: str | Path, options: MergeOptions | None = None
 ) -> MergeResult:
     """Merge an adapter into a base model and write a checked OpenELM checkpoint directory.
+
+    The output path is checked first (before the adapter or the base is read) and the adapter is checked against the
+    base (every module it adapts must exist there, with the update's shape) before anything is written. The directory
+    is built as a hidden sibling and renamed into place only when complete and checked; any failure (the check, an
+    error, a full disk, Ctrl-C) leaves the output path as it was.
 
     Args:
         base: The base: a preset, a hub id or a checkpoint directory (a directory or cached hub id with
@@ -221,6 +286,8 @@ def merge_to_directory(
         MergeVerificationError: The check failed; the output directory was not created.
         MergeError: An unusable base, adapter or option.
         AdapterError: An adapter that does not fit the base.
+        OutputPathError: An output path that exists (without ``overwrite``), is a file or is not writable.
+        OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
     from rich.progress import track
 
@@ -229,19 +296,27 @@ def merge_to_directory(
     options = options or MergeOptions()
     start = time.perf_counter()
     adapter_dir, out_dir = Path(adapter_dir).expanduser(), Path(out_dir).expanduser()
-    checkpoint = read_adapter(adapter_dir)
     staged = StagedDirectory(out_dir, overwrite=options.overwrite)
+    checkpoint = read_adapter(adapter_dir)
     config, source, base_dir = _open_base(str(base), options.low_memory)
     with torch.device("meta"):
         skeleton = OpenELMForCausalLM(config)
     _check_adapter(checkpoint, skeleton, adapter_dir)
-    layout = adapter_layout(checkpoint)
-    base_dtype = source.dtype(EMBEDDING_KEY)
-    dtype = options.torch_dtype or base_dtype
+    check_adapter_fits(source, checkpoint, str(adapter_dir))  # before anything is written, verified or not
     base_tied = bool(config.share_input_output_layers)
-    untie = options.untie_embeddings and base_tied
-    tied = base_tied and not untie
-    specs = output_specs(source, saved_keys(skeleton), dtype, untie=untie)
+    facts = _MergeFacts(
+        base=str(base),
+        base_dtype=source.dtype(EMBEDDING_KEY),
+        adapter_dir=adapter_dir,
+        out_dir=out_dir,
+        dtype=options.torch_dtype or source.dtype(EMBEDDING_KEY),
+        layout=adapter_layout(checkpoint),
+        base_tied=base_tied,
+        untie=options.untie_embeddings and base_tied,
+        low_memory=options.low_memory,
+    )
+    tied = base_tied and not facts.untie
+    specs = output_specs(source, saved_keys(skeleton), facts.dtype, untie=facts.untie)
 
     with staged as tmp:
         writer = ShardedSafetensorsWriter(tmp, specs, int(options.max_shard_size))
@@ -252,10 +327,9 @@ def merge_to_directory(
         finally:
             writer.close()
         files = writer.finish()
-        write_config(tmp, config, dtype, tied=tied)
+        write_config(tmp, config, facts.dtype, tied=tied)
         files += ["config.json", *copy_tokenizer(tmp, base_dir)]
         merge_seconds = time.perf_counter() - start
-
         verification = None
         if options.verify:
             try:
@@ -265,44 +339,15 @@ def merge_to_directory(
                     checkpoint,
                     _read_openelm_config(tmp),
                     SafetensorsSource.from_directory(tmp),
-                    adapted_head=tied and layout.touches_embedding,
-                    budget=options.budget or VerifyBudget.for_dtype(dtype),
+                    adapted_head=tied and facts.layout.touches_embedding,
+                    budget=options.budget or VerifyBudget.for_dtype(facts.dtype),
                     probe_texts=options.probe_texts,
                     device=options.device,
                 )
             except AdapterError as err:
                 raise MergeError(f"cannot check the merge: {err}") from None
-        metadata = checkpoint.metadata or {}
-        peft = checkpoint.peft_config
-        report = {
-            "format": REPORT_FORMAT,
-            "version": 1,
-            "elmtune_version": __version__,
-            "output": str(out_dir),
-            "base": str(base),
-            "base_dtype": str(base_dtype).removeprefix("torch."),
-            "adapter": {
-                "path": str(adapter_dir),
-                "method": "dora" if layout.dora else "lora",
-                "trained_on": metadata.get("base_model"),
-                "config": metadata.get("adapter_config"),
-                "peft": {k: peft.get(k) for k in ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora")},
-            },
-            "training_data": training_data(adapter_dir),
-            "dtype": str(dtype).removeprefix("torch."),
-            "arithmetic": "fp32, rounded once to the output dtype",
-            "embeddings": {
-                "adapted": layout.touches_embedding,
-                "tied": tied,
-                "untied_by_request": untie,
-                "note": _embedding_note(layout.touches_embedding, base_tied, untie),
-            },
-            "low_memory": options.low_memory,
-            "changed_tensors": sorted(layout.adapted_keys | layout.replaced_keys),
-            "files": sorted([*files, CARD_FILE, "merge_report.json"]),
-            "verification": None if verification is None else verification.to_dict(),
-            "seconds": {"merge": round(merge_seconds, 3), "total": round(time.perf_counter() - start, 3)},
-        }
+        seconds = {"merge": merge_seconds, "total": time.perf_counter() - start}
+        report = _merge_report(facts, checkpoint, files, verification, seconds)
         if verification is not None and not verification.passed:
             raise MergeVerificationError(
                 f"merge check failed against {verification.reference}: {'; '.join(verification.failures)}. "

@@ -75,6 +75,66 @@ def output_specs(
     return specs
 
 
+def _update_shape(parts: dict[str, torch.Tensor], module: str, fan_in_fan_out: bool) -> tuple[int, int]:
+    """Shape of a module's update in the base tensor's layout: (vocab, d) for an embedding, (out, in) otherwise."""
+    if "emb_A" in parts and "emb_B" in parts:
+        return parts["emb_A"].shape[1], parts["emb_B"].shape[0]  # A (r, vocab), B (d, r)
+    if "A" in parts and "B" in parts:
+        out_features, in_features = parts["B"].shape[0], parts["A"].shape[1]  # A (r, in), B (out, r)
+        return (in_features, out_features) if fan_in_fan_out else (out_features, in_features)
+    raise AdapterError(f"adapter module {module} lacks its lora_A or lora_B tensor; the adapter is incomplete")
+
+
+def check_adapter_fits(source: TensorSource, checkpoint: AdapterCheckpoint, adapter_name: str) -> None:
+    """Refuse an adapter that does not fit the base, before anything is merged or written.
+
+    The streaming merge visits the base's keys only, so an adapter module without a base tensor would otherwise be
+    dropped silently (and still be reported as changed). Modules are checked in sorted order; the first problem is
+    the error.
+
+    Args:
+        source: The base checkpoint.
+        checkpoint: The adapter.
+        adapter_name: How to name the adapter in messages (its directory).
+
+    Raises:
+        AdapterError: A module or trained norm the base lacks, or an update whose shape differs from its tensor.
+    """
+    shapes = {key: tuple(source.shape(key)) for key in source.keys()}
+    modules, replaced = _group_modules(checkpoint)
+    fan_in_fan_out = bool(checkpoint.peft_config.get("fan_in_fan_out"))
+    for module in sorted(modules):
+        key, rows = _locate(module, checkpoint.metadata)
+        if key not in shapes:
+            raise AdapterError(
+                f"adapter {adapter_name} adapts module {module}, which the base model does not have (no tensor "
+                f"{key}); merge it into the model it was trained on"
+            )
+        shape = shapes[key]
+        if rows is not None and not 0 <= rows[0] < rows[1] <= shape[0]:
+            raise AdapterError(
+                f"adapter {adapter_name}: module {module} covers rows {list(rows)}, outside {key} {list(shape)}"
+            )
+        target = shape if rows is None else (rows[1] - rows[0], *shape[1:])
+        update = _update_shape(modules[module], module, fan_in_fan_out)
+        if tuple(update) != tuple(target):
+            raise AdapterError(
+                f"adapter {adapter_name}: module {module} has an update of shape {list(update)}, but the base's "
+                f"{key}{'' if rows is None else f' rows {rows[0]}:{rows[1]}'} has shape {list(target)}"
+            )
+    for key in sorted(replaced):
+        if key not in shapes:
+            raise AdapterError(
+                f"adapter {adapter_name} replaces tensor {key}, which the base model does not have; merge it into "
+                "the model it was trained on"
+            )
+        if tuple(replaced[key].shape) != shapes[key]:
+            raise AdapterError(
+                f"adapter {adapter_name}: tensor {key} has shape {list(replaced[key].shape)}, the base's has "
+                f"{list(shapes[key])}"
+            )
+
+
 @torch.no_grad()
 def merge_tensor(source: TensorSource, checkpoint: AdapterCheckpoint, key: str, dtype: torch.dtype) -> torch.Tensor:
     """The merged value of one base tensor, rounded once to ``dtype``.
@@ -118,6 +178,7 @@ __all__ = [
     "HEAD_KEY",
     "AdapterLayout",
     "adapter_layout",
+    "check_adapter_fits",
     "merge_tensor",
     "merged_tensors",
     "output_specs",

@@ -76,8 +76,16 @@ def eval(  # noqa: A001 - the command is called eval
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Output directory; default runs/eval-<time>.", show_default=False),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output directory, absent or empty (see --overwrite); default runs/eval-<time>.",
+            show_default=False,
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing non-empty output directory once results are in.")
+    ] = False,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -109,7 +117,10 @@ def eval(  # noqa: A001 - the command is called eval
     ] = None,
     layout: Annotated[str, typer.Option("--layout", help="auto | shared | full (scorer row layout).")] = "auto",
 ) -> None:
-    """Evaluate MODEL (optionally + adapter) on commonsense tasks; print a labelled table and write results."""
+    """Evaluate MODEL (optionally + adapter) on commonsense tasks; print a labelled table and write results.
+
+    The output directory is checked before any model is loaded and written whole: a failure leaves it as it was.
+    """
     from elmtune.evaluation import EvalConfig, GenerationSettings, MCFormat, ModelSpec, run_eval
 
     if compare_adapter is not None and compare is None:
@@ -135,7 +146,7 @@ def eval(  # noqa: A001 - the command is called eval
     if compare is not None:
         other = ModelSpec(model if compare == "base" else compare, adapter=compare_adapter, tokenizer=tokenizer)
     output_dir = output or Path("runs") / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
-    report = run_eval(spec, config, compare=other, output_dir=output_dir)
+    report = run_eval(spec, config, compare=other, output_dir=output_dir, overwrite=overwrite)
     typer.echo(report.markdown())
     typer.echo(f"\nresults: {output_dir / 'results.json'}")
 

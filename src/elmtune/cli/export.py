@@ -32,7 +32,12 @@ def export(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="The file to write (absent or empty; see --overwrite).", show_default=False
+        ),
+    ],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
     outtype: Annotated[
         OutType, typer.Option("--outtype", help="Weight storage: f32, f16, bf16 or q8_0 (norms stay f32).")
@@ -47,8 +52,14 @@ def export(
             help="Run the file with llama.cpp and compare next-token logits with elmtune's (needs llama-cpp-python).",
         ),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output file, once the new one is complete.")
+    ] = False,
 ) -> None:
     """Export MODEL_DIR to GGUF in llama.cpp's OpenELM layout, with the Llama-2 vocabulary.
+
+    The file is written under a hidden temporary name next to -o and renamed only when complete: any failure leaves
+    -o as it was.
 
     Example: elmtune export merged/ --format gguf -o openelm-270m.Q8_0.gguf --outtype q8_0
     """
@@ -60,7 +71,7 @@ def export(
     if check:
         require_llama_cpp()  # fail before the export, not after it
     console = Console()
-    report = export_gguf(model_dir, output, outtype.value, name=name, progress=console.is_terminal)
+    report = export_gguf(model_dir, output, outtype.value, name=name, progress=console.is_terminal, overwrite=overwrite)
     types = ", ".join(f"{count} {kind}" for kind, count in sorted(report.type_counts.items()))
     console.print(
         f"wrote {report.path} ({fmt.value}, {report.outtype}): {report.file_bytes / 2**20:.1f} MiB, "

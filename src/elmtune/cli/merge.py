@@ -38,8 +38,16 @@ class MajoritySign(str, Enum):
     frequency = "frequency"
 
 
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The directory to create.", show_default=False)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="The directory to create (absent or empty; see --overwrite).", show_default=False
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace an existing non-empty output directory, once the new one is complete."),
+]
 
 
 def merge(
@@ -75,7 +83,9 @@ def merge(
     """Merge ADAPTER_DIR into BASE and write a checked OpenELM checkpoint directory.
 
     The merged model is compared with the unmerged adapter on a probe batch; if it drifts beyond the output dtype's
-    budget the command fails and leaves no output directory.
+    budget the command fails and leaves no output directory. An adapter module the base lacks is refused, checked or
+    not. The output is built as a hidden sibling and moved into place only when complete: any failure leaves -o as
+    it was.
 
     Example: elmtune merge apple/OpenELM-270M runs/lora/final -o merged/ --dtype bf16
     """
@@ -146,7 +156,7 @@ def merge_adapters(
 
     cat is exact (ranks add up); svd is the best low-rank approximation of the weighted sum; linear, ties and the
     dare methods combine the A and B factors separately, as peft does. The report gives each method's deviation from
-    the exact weighted sum.
+    the exact weighted sum. The output is moved into place only when complete: any failure leaves -o as it was.
 
     Example: elmtune merge-adapters runs/a/final runs/b/final --weights 0.6,0.4 --method svd -o combined/
     """

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elmtune.output_paths import StagedDirectory
+
 PROTOCOL_DESCRIPTIONS = {
     "apple": "LLM-Adapters training prompt, log-likelihood of 'the correct answer is X' (Apple/CoreNet)",
     "llm-adapters": "LLM-Adapters evaluation prompt, generation + first regex hit",
@@ -127,20 +129,34 @@ class EvalReport:
         """A Markdown table of every task and metric (two columns and their difference when comparing)."""
         return markdown_table(self.results, self.baseline)
 
-    def write(self, directory: Path) -> None:
-        """Write ``results.json``, ``results.md`` and ``examples/<task>.jsonl`` (``baseline-examples/`` too)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "results.json").write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
-        (directory / "results.md").write_text(self.markdown() + "\n")
-        for folder, results in (("examples", self.results), ("baseline-examples", self.baseline)):
-            if results is None:
-                continue
-            (directory / folder).mkdir(exist_ok=True)
-            for task in results.tasks:
-                with (directory / folder / f"{task.task}.jsonl").open("w") as handle:
-                    for example in task.examples:
-                        handle.write(json.dumps(example, default=str) + "\n")
-        self.output_dir = directory
+    def write(self, directory: Path, *, overwrite: bool = False) -> None:
+        """Write ``results.json``, ``results.md`` and ``examples/<task>.jsonl`` (``baseline-examples/`` too).
+
+        The files are written into a hidden sibling of ``directory`` that replaces it only when complete, so a
+        failure leaves ``directory`` as it was and old results are never mixed with new ones.
+
+        Args:
+            directory: The directory to create (absent or empty unless ``overwrite``).
+            overwrite: Replace an existing non-empty ``directory``.
+
+        Raises:
+            OutputPathError: ``directory`` exists and is not empty (without ``overwrite``), is a file, or is not
+                writable.
+            OutputWriteError: The disk filled up while writing; nothing was left behind.
+        """
+        staged = StagedDirectory(directory, overwrite=overwrite)
+        with staged as tmp:
+            (tmp / "results.json").write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
+            (tmp / "results.md").write_text(self.markdown() + "\n")
+            for folder, results in (("examples", self.results), ("baseline-examples", self.baseline)):
+                if results is None:
+                    continue
+                (tmp / folder).mkdir()
+                for task in results.tasks:
+                    with (tmp / folder / f"{task.task}.jsonl").open("w") as handle:
+                        for example in task.examples:
+                            handle.write(json.dumps(example, default=str) + "\n")
+            self.output_dir = staged.commit()
 
 
 def _finite(value: float) -> float | None:

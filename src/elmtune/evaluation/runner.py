@@ -21,6 +21,7 @@ from elmtune.evaluation.loading import ModelSpec, load_for_eval
 from elmtune.evaluation.protocols import run_apple, run_llm_adapters, run_lm_eval_task, run_mc
 from elmtune.evaluation.report import PROTOCOL_DESCRIPTIONS, EvalReport, ModelResults, TaskResult, settings_dict
 from elmtune.evaluation.scoring import LoglikelihoodScorer
+from elmtune.output_paths import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def run_eval(
     *,
     compare: ModelSpec | None = None,
     output_dir: Path | None = None,
+    overwrite: bool = False,
 ) -> EvalReport:
     """Evaluate a model (optionally against a second one) and write ``results.json``, ``results.md`` and examples.
 
@@ -122,11 +124,20 @@ def run_eval(
         spec: The model (and adapter) to evaluate.
         config: Protocol, data, tasks and scoring settings.
         compare: A second model evaluated with the same settings; the table shows both and their difference.
-        output_dir: Where to write the outputs; None writes nothing.
+        output_dir: Where to write the outputs (absent or empty unless ``overwrite``); None writes nothing. It is
+            checked before any model is loaded and replaced only once every output is written.
+        overwrite: Replace an existing non-empty ``output_dir``.
 
     Returns:
         The report; ``report.markdown()`` is the table.
+
+    Raises:
+        OutputPathError: ``output_dir`` exists and is not empty (without ``overwrite``), is a file, or is not
+            writable; raised before anything is loaded.
+        OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite=overwrite)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     model, tokenizer = load_for_eval(spec, dtype=config.dtype, device=config.device)
@@ -155,5 +166,5 @@ def run_eval(
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     report = EvalReport(results, baseline, meta=meta)
     if output_dir is not None:
-        report.write(output_dir)
+        report.write(output_dir, overwrite=overwrite)
     return report

@@ -28,7 +28,6 @@ Tensors are streamed: each is read from its safetensors file, converted and writ
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from elmtune.models.checkpoint_files import CheckpointFilesError, SafetensorsSou
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.geometry import NORM_EPS
 from elmtune.models.gguf_vocab import add_vocab, read_vocab, tokenizer_dir_for
+from elmtune.output_paths import StagedFile
 
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
 
@@ -126,6 +126,7 @@ def export_gguf(
     *,
     name: str | None = None,
     progress: bool = False,
+    overwrite: bool = True,
 ) -> ExportReport:
     """Write an OpenELM checkpoint directory as a GGUF file that llama.cpp loads as architecture ``openelm``.
 
@@ -133,16 +134,21 @@ def export_gguf(
         model_dir: An OpenELM checkpoint directory: ``config.json`` with the per-layer lists and ``model.safetensors``
             (or shards with ``model.safetensors.index.json``) with Apple's keys. Its own ``tokenizer.model`` is used
             when present, else the bundled Llama-2 tokenizer.
-        out_path: The ``.gguf`` file to write (replaced if it exists; written under a temporary name first).
+        out_path: The ``.gguf`` file to write. It is checked before anything is read, written as a hidden sibling
+            (``.NAME.partial-XXXX``) and renamed into place only when complete, so a failure leaves it as it was.
         outtype: Storage of the weight matrices: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
         name: ``general.name``; default: derived from the directory as llama.cpp's converter does.
         progress: Show a progress bar.
+        overwrite: Replace an existing non-empty ``out_path`` (the library's default, like ``open(path, "w")``);
+            ``elmtune export`` passes False unless ``--overwrite`` is given.
 
     Returns:
         An :class:`ExportReport`.
 
     Raises:
         GGUFExportError: If the directory is not an exportable OpenELM checkpoint or the output type is unknown.
+        OutputPathError: ``out_path`` is a directory, exists without ``overwrite``, or its directory is not writable.
+        OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
     from rich.progress import track
     from safetensors import safe_open
@@ -152,8 +158,7 @@ def export_gguf(
     out_path = Path(out_path).expanduser()
     if outtype not in OUTTYPES:
         raise GGUFExportError(f"unknown GGUF output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
-    if out_path.is_dir():
-        raise GGUFExportError(f"output {out_path} is a directory; give a file name such as model.gguf")
+    staged = StagedFile(out_path, overwrite=overwrite)  # checks the path before anything is read
     file_type, matrix_type = OUTTYPES[outtype]
     config = read_export_config(model_dir)
     try:
@@ -174,23 +179,20 @@ def export_gguf(
     add_model_metadata(writer, config, file_type)
     add_vocab(writer, vocab)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + ".partial")
-    try:
-        writer.write_header_to_file(path=partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
-            # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
-            with safe_open(str(source.file(plan.source)), framework="pt") as handle:
-                data = _encode(handle, plan)
-            writer.write_tensor_data(data)
-            del data
-        writer.close()
-        os.replace(partial, out_path)
-    finally:
-        writer.close()
-        partial.unlink(missing_ok=True)
+    with staged as partial:
+        try:
+            writer.write_header_to_file(path=partial)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
+                # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
+                with safe_open(str(source.file(plan.source)), framework="pt") as handle:
+                    data = _encode(handle, plan)
+                writer.write_tensor_data(data)
+                del data
+        finally:
+            writer.close()
+        out_path = staged.commit()
     return ExportReport(
         path=out_path,
         outtype=outtype,
