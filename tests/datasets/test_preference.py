@@ -15,6 +15,7 @@ from elmtune.datasets import (
     tokenize_preference,
 )
 from elmtune.datasets.preference import prompt_length
+from elmtune.errors import UsageError
 
 BIG = PreferenceTokenizeConfig(max_length=100_000, max_prompt_length=50_000)
 
@@ -84,7 +85,7 @@ def test_drop_error_and_special_text(tokenizer, pairs):
         tokenize_preference(pairs, tokenizer, BIG)
     kept, report = tokenize_preference(pairs, tokenizer, BIG, skip_invalid=True)
     assert len(kept) == 40 and report.invalid == 1
-    with pytest.raises(ValueError, match="max_prompt_length"):
+    with pytest.raises(UsageError, match="max_prompt_length 100 and max_length 100: pass --max-prompt-length"):
         PreferenceTokenizeConfig(max_length=100, max_prompt_length=100)
 
 

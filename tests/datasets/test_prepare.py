@@ -15,6 +15,7 @@ from elmtune.datasets import (
     holdout_split,
     prepare_data,
 )
+from elmtune.datasets.errors import DataSourceError
 
 
 def test_config_validation():
@@ -36,7 +37,7 @@ def test_holdout_split_is_deterministic_and_disjoint():
     assert len(val) == 10 and sorted(train + val) == list(range(100))
     assert holdout_split(100, 0.1, seed=3) == (train, val) and holdout_split(100, 0.1, seed=4) != (train, val)
     assert holdout_split(100, 7, seed=0)[1].__len__() == 7 and holdout_split(10, 0, seed=0) == (list(range(10)), [])
-    with pytest.raises(ValueError, match="leaves no training example"):
+    with pytest.raises(DataSourceError, match="leaves no training example out of 5; use a smaller --validation-size"):
         holdout_split(5, 5, seed=0)
 
 

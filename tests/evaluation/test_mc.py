@@ -55,7 +55,7 @@ def test_mc_schema_partial_scoring_rows(tiny_model, tokenizer, fixtures_dir):
 
 
 def test_mc_row_errors_are_one_line_and_name_the_row():
-    with pytest.raises(ElmtuneError, match="row 3: needs 'choices'"):
+    with pytest.raises(ElmtuneError, match="row 4: needs 'choices'"):
         mc_question({"query": "q", "gold": 0}, 3, "t", MCFormat())
     with pytest.raises(ElmtuneError, match="gold 2 is not an index"):
         mc_question({"query": "q", "choices": ["a", "b"], "gold": 2}, 0, "t", MCFormat())

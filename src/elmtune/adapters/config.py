@@ -81,8 +81,10 @@ def parse_targets(spec: str | Iterable[str]) -> tuple[str, ...]:
     """Normalise targets: ``"q,v"`` or ``["q", "v"]`` -> ``("q", "v")``; a ``re:`` item is kept whole."""
     if isinstance(spec, str):
         items = [spec] if spec.strip().startswith("re:") else spec.split(",")
-    else:
+    elif isinstance(spec, (list, tuple)):
         items = list(spec)
+    else:
+        raise AdapterError(f"targets must be a list of names (or one comma-separated string), got {spec!r}")
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):

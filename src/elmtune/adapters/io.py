@@ -281,9 +281,9 @@ def load_adapter(
             (the message names the first mismatching layer), or tensors that do not fit.
     """
     model, metadata = attach_adapter_from_dir(base_model, adapter_dir, adapter_name=adapter_name)
-    from safetensors.torch import load_file
+    from elmtune.models.checkpoint_files import read_safetensors
 
-    tensors = load_file(str(Path(adapter_dir) / WEIGHTS_FILE))
+    tensors = read_safetensors(Path(adapter_dir) / WEIGHTS_FILE)
     for name in (metadata or {}).get("dora_embedding_as_lora", []):
         tensors.pop(f"{_PREFIX}{name}{_COMPAT_SUFFIX}", None)
     try:

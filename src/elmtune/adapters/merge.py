@@ -72,11 +72,11 @@ def read_adapter(adapter_dir: str | Path) -> AdapterCheckpoint:
     Raises:
         AdapterError: Missing files or a pickle checkpoint.
     """
-    from safetensors.torch import load_file
+    from elmtune.models.checkpoint_files import read_safetensors
 
     path = check_adapter_dir(adapter_dir)
     return AdapterCheckpoint(
-        tensors=load_file(str(path / WEIGHTS_FILE)),
+        tensors=read_safetensors(path / WEIGHTS_FILE),
         peft_config=json.loads((path / CONFIG_FILE).read_text()),
         metadata=read_metadata(path),
     )

@@ -6,6 +6,7 @@ Every command module imports torch, transformers and datasets inside its command
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -16,7 +17,7 @@ from elmtune.cli import export as export_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.cli import merge as merge_cmd
 from elmtune.cli import train as train_cmd
-from elmtune.errors import ElmtuneError
+from elmtune.errors import ElmtuneError, UsageError
 
 app = typer.Typer(
     name="elmtune",
@@ -33,13 +34,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_debug = {"on": bool(os.environ.get("ELMTUNE_DEBUG"))}
+
+
 @app.callback()
 def root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full Python traceback of an error."),
 ) -> None:
     """elmtune: parameter-efficient fine-tuning for OpenELM."""
+    _debug["on"] = _debug["on"] or debug
 
 
 app.command("inspect")(inspect_cmd.inspect)
@@ -51,11 +57,28 @@ app.command("merge-adapters")(merge_cmd.merge_adapters)
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one line and exit 1, without a traceback."""
+    """Console-script entry point: every error prints one line, without a traceback unless ``--debug`` is given.
+
+    Exit codes: 0 success, 1 a failure (including unexpected errors), 2 bad usage (argument parsing, or a
+    :class:`~elmtune.errors.UsageError` such as an invalid recipe field), 130 interrupted.
+    """
     try:
         app()
+    except KeyboardInterrupt:
+        if _debug["on"]:
+            raise
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
     except ElmtuneError as err:
+        if _debug["on"]:
+            raise
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2 if isinstance(err, UsageError) else 1)
+    except Exception as err:  # an error we did not anticipate: still one line, the traceback on request
+        if _debug["on"]:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        typer.echo(f"error: {type(err).__name__}: {first} (unexpected; rerun with --debug for the traceback)", err=True)
         sys.exit(1)
 
 

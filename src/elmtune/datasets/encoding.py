@@ -101,6 +101,8 @@ class TokenizeReport:
         dropped_overlong: Examples dropped for length (``overlong="drop"``).
         dropped_no_target: Examples with no target token left after truncation (always dropped).
         invalid: Examples skipped because their text holds a special-token string (``skip_invalid``).
+        dropped_identical: Preference pairs dropped because chosen and rejected are the same tokens (nothing to
+            prefer: the loss would be ln 2 with a zero gradient).
         tokens: Tokens in the kept examples.
         target_tokens: Target tokens in the kept examples.
         longest: The longest example before truncation, in tokens.
@@ -112,6 +114,7 @@ class TokenizeReport:
     dropped_overlong: int = 0
     dropped_no_target: int = 0
     invalid: int = 0
+    dropped_identical: int = 0
     tokens: int = 0
     target_tokens: int = 0
     longest: int = 0

@@ -27,6 +27,7 @@ from elmtune.datasets.encoding import (
 from elmtune.datasets.errors import DataRowError
 from elmtune.datasets.examples import PreferenceExample
 from elmtune.datasets.templates import TEMPLATES, render_preference
+from elmtune.errors import UsageError
 from elmtune.models import PAD_TOKEN_ID
 
 
@@ -51,8 +52,10 @@ class PreferenceTokenizeConfig:
 
     def __post_init__(self) -> None:
         if self.max_prompt_length < 1 or self.max_length <= self.max_prompt_length:
-            raise ValueError(
-                f"need 1 <= max_prompt_length < max_length, got {self.max_prompt_length} and {self.max_length}"
+            raise UsageError(
+                f"preference pairs need 1 <= max_prompt_length < max_length, got max_prompt_length "
+                f"{self.max_prompt_length} and max_length {self.max_length}: pass --max-prompt-length below "
+                "--max-length (data.max_prompt_length in a recipe; Apple's recipe uses 512 of 1024)"
             )
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
@@ -144,7 +147,7 @@ def tokenize_preference(
     rendered = [render_preference(e, config.template, eos_token=eos) for e in valid]
     encoded = encode_rendered([r for pair in rendered for r in pair], tokenizer)
     pairs: list[TokenizedPair] = []
-    truncated = dropped_overlong = dropped_no_target = longest = tokens = targets = 0
+    truncated = dropped_overlong = dropped_no_target = dropped_identical = longest = tokens = targets = 0
     for i, example in enumerate(valid):
         (c_ids, c_labels), (r_ids, r_labels) = encoded[2 * i], encoded[2 * i + 1]
         length = max(len(c_ids), len(r_ids))
@@ -164,6 +167,9 @@ def tokenize_preference(
         if n_c == 0 or n_r == 0:
             dropped_no_target += 1
             continue
+        if len(c_ids) == len(r_ids) and bool((np.asarray(c_ids) == np.asarray(r_ids)).all()):
+            dropped_identical += 1
+            continue
         truncated += was_cut
         tokens += len(c_ids) + len(r_ids)
         targets += n_c + n_r
@@ -175,6 +181,7 @@ def tokenize_preference(
         dropped_overlong=dropped_overlong,
         dropped_no_target=dropped_no_target,
         invalid=invalid,
+        dropped_identical=dropped_identical,
         tokens=tokens,
         target_tokens=targets,
         longest=longest,

@@ -142,7 +142,9 @@ class PreparedData:
         return (
             f"{self.load_report.source} ({self.load_report.format}): {self.load_report.rows} rows, "
             f"{self.load_report.invalid + t.invalid} invalid skipped, {t.truncated} truncated, "
-            f"{t.dropped_overlong + t.dropped_no_target} dropped; {len(self.train)} training {items}{held}; "
+            f"{t.dropped_overlong + t.dropped_no_target} dropped"
+            + (f", {t.dropped_identical} identical pairs skipped" if t.dropped_identical else "")
+            + f"; {len(self.train)} training {items}{held}; "
             f"{t.tokens} tokens ({t.target_tokens} targets)"
         )
 
@@ -157,7 +159,10 @@ def holdout_split(count: int, size: int | float, seed: int) -> tuple[list[int], 
     if n_val == 0:
         return list(range(count)), []
     if n_val >= count:
-        raise ValueError(f"validation_size {size} leaves no training example out of {count}")
+        raise DataSourceError(
+            f"validation_size {size} leaves no training example out of {count}; use a smaller --validation-size "
+            "(a count or a fraction such as 0.05)"
+        )
     perm = np.random.default_rng([seed, 0x5E1]).permutation(count)
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
 
@@ -226,7 +231,7 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
         raise DataSourceError(
             f"{config.path}: no example left after tokenisation ({report.invalid} with special-token text, "
             f"{report.dropped_overlong} too long, {report.dropped_no_target} with no target within max_length "
-            f"{config.max_length})"
+            f"{config.max_length}, {report.dropped_identical} pairs whose chosen and rejected are identical)"
         )
     train_idx, val_idx = holdout_split(len(items), config.validation_size, config.seed)
     train, train_lengths = _package([items[i] for i in train_idx], config)

@@ -7,7 +7,9 @@ read with pyarrow; directories and hub ids go through the ``datasets`` library.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,23 +92,55 @@ def _looks_local(source: str) -> bool:
     )
 
 
-def _jsonl(path: Path) -> Iterator[Record]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 with an optional byte-order mark; CRLF line ends are fine for every reader here.
+
+    Raises:
+        DataSourceError: The file is not UTF-8, naming the line and column of the first bad byte.
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataSourceError(
+            f"{path}, line {line}: byte {raw[err.start]:#04x} at column {column} is not UTF-8; save the file as UTF-8"
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based number, text) of each line, streamed; UTF-8 with an optional byte-order mark, LF or CRLF."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                yield Record(where, json.loads(line))
-            except json.JSONDecodeError as err:
-                yield Record(where, error=f"invalid JSON ({err.msg} at column {err.colno})")
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataSourceError(
+                    f"{path}, line {number}: byte {raw[err.start]:#04x} at column {err.start + 1} is not UTF-8; save "
+                    "the file as UTF-8"
+                ) from None
+
+
+def _jsonl(path: Path, text: str | None = None) -> Iterator[Record]:
+    lines = _lines(path) if text is None else enumerate(text.splitlines(), start=1)
+    for number, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            yield Record(where, json.loads(line))
+        except json.JSONDecodeError as err:
+            yield Record(where, error=f"invalid JSON ({err.msg} at column {err.colno})")
 
 
 def _json(path: Path) -> Iterator[Record]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.lstrip().startswith("["):
         # Many ".json" files are JSON lines (the ``datasets`` JSON loader reads both).
-        yield from _jsonl(path)
+        yield from _jsonl(path, text)
         return
     try:
         rows = json.loads(text)
@@ -117,14 +151,13 @@ def _json(path: Path) -> Iterator[Record]:
 
 
 def _csv(path: Path, delimiter: str) -> Iterator[Record]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise DataSourceError(f"{path}: empty file or missing header row")
-        for number, row in enumerate(reader, start=1):
-            # Short rows give None for the missing columns: that reads as "missing" later on.
-            row.pop(None, None)  # surplus cells of a long row
-            yield Record(f"{path}, row {number}", row)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise DataSourceError(f"{path}: empty file or missing header row")
+    for number, row in enumerate(reader, start=1):
+        # Short rows give None for the missing columns: that reads as "missing" later on.
+        row.pop(None, None)  # surplus cells of a long row
+        yield Record(f"{path}, row {number}", row)
 
 
 def _parquet(path: Path) -> Iterator[Record]:

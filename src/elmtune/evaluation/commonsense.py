@@ -57,7 +57,7 @@ def load_rows(path: Path, task: str) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         missing = [key for key in _REQUIRED if key not in row]
         if missing:
-            raise DataError(f"{path} row {i} ({task}): missing {', '.join(missing)}; is this an LLM-Adapters file?")
+            raise DataError(f"{path} row {i + 1} ({task}): missing {', '.join(missing)}; is this an LLM-Adapters file?")
     return [{**row, "_index": i} for i, row in enumerate(rows)]
 
 
@@ -84,9 +84,9 @@ def apple_question(row: dict[str, Any], task: str) -> Question:
     try:
         candidates = parse_candidates(row["instruction"])
     except Exception as error:
-        raise DataError(f"{task} row {row.get('_index')}: {error}") from None
+        raise DataError(f"{task} row {row.get('_index', 0) + 1}: {error}") from None
     if row["answer"] not in candidates:
-        raise DataError(f"{task} row {row.get('_index')}: answer {row['answer']!r} is not one of {candidates}")
+        raise DataError(f"{task} row {row.get('_index', 0) + 1}: answer {row['answer']!r} is not one of {candidates}")
     context = alpaca_prompt(row["instruction"], row.get("input", "") or "")
     conts = [continuation(c) for c in candidates]
     return Question(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from elmtune.errors import ElmtuneError
+from elmtune.errors import UsageError
 from elmtune.evaluation.batching import BatchSize
 from elmtune.evaluation.commonsense import APPLE_SEED
 from elmtune.evaluation.generation import GenerationSettings
@@ -18,7 +18,7 @@ Backend = Literal["elmtune", "lm-eval"]
 PROTOCOLS: tuple[str, ...] = ("apple", "llm-adapters", "lm-eval", "mc")
 
 
-class EvalConfigError(ElmtuneError):
+class EvalConfigError(UsageError):
     """Conflicting or invalid evaluation settings."""
 
 

@@ -26,7 +26,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: byte {error.start} is not UTF-8; save the file as UTF-8") from None
     stripped = text.lstrip()
     try:
         if stripped.startswith("["):

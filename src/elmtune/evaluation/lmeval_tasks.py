@@ -165,10 +165,16 @@ def lmeval_question(task: LmEvalTask, doc: Doc, index: int) -> Question:
     missing = [key for key in task.fields if key not in doc]
     if missing:
         raise DataError(
-            f"{task.name} row {index}: missing {', '.join(missing)}; rows must follow the schema of "
+            f"{task.name} row {index + 1}: missing {', '.join(missing)}; rows must follow the schema of "
             f"{task.dataset[0]} (fields {', '.join(task.fields)})"
         )
-    contexts, choices, gold = task.build(doc)
+    try:
+        contexts, choices, gold = task.build(doc)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise DataError(
+            f"{task.name} row {index + 1}: the answer or choices do not follow the schema of {task.dataset[0]} "
+            f"({type(err).__name__}: {err}); fix or remove the row"
+        ) from None
     if len(contexts) == 1:
         requests = tuple((contexts[0], TARGET_DELIMITER + choice) for choice in choices)
         labels = tuple(choices)

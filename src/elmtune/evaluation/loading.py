@@ -58,9 +58,10 @@ def load_for_eval(
     Returns:
         ``(model, tokenizer)``.
     """
+    from elmtune.finetune.device import resolve_device
     from elmtune.models import load_model, load_tokenizer
 
-    target = torch.device(device) if device is not None else default_device()
+    target = resolve_device(str(device)) if device is not None else default_device()
     model = load_model(spec.model, dtype=dtype)
     if spec.adapter is not None:
         model = _attach_adapter(model, Path(spec.adapter))

@@ -64,7 +64,7 @@ def mc_question(row: dict[str, Any], index: int, task: str, fmt: MCFormat) -> Qu
     Raises:
         DataError: Missing fields, an empty choice list, or a gold index out of range.
     """
-    where = f"{task} row {index}"
+    where = f"{task} row {index + 1}"  # 1-based, as in every message
     if "gold" not in row:
         raise DataError(f"{where}: needs 'gold' (the index of the correct choice)")
     gold = int(row["gold"])

@@ -24,11 +24,11 @@ import yaml
 
 from elmtune.adapters.config import AdapterConfig
 from elmtune.datasets.prepare import DataConfig
-from elmtune.errors import ElmtuneError
+from elmtune.errors import ElmtuneError, UsageError
 from elmtune.recipe_yaml import load_recipe_yaml
 
 
-class ConfigError(ElmtuneError):
+class ConfigError(UsageError):
     """A recipe or flag value is invalid."""
 
 
@@ -251,4 +251,9 @@ def load_run_config(recipe: str | Path | None, overrides: Mapping[str, Any] | No
             if not isinstance(data[section], dict):
                 raise ConfigError(f"{section} must be a mapping")
             data[section][key] = value
-    return RunConfig.from_dict(data)
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as err:
+        if recipe is None:
+            raise
+        raise ConfigError(f"{recipe}: {err}") from None

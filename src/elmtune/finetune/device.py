@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from elmtune.errors import ElmtuneError
+from elmtune.errors import ElmtuneError, UsageError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,7 +65,10 @@ def resolve_device(requested: str = "auto") -> torch.device:
         if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ElmtuneError(f"device {requested!r} requested but CUDA is not available; use --device cpu or auto")
     if device.type == "mps" and not mps_available():

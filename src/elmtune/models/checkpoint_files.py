@@ -6,9 +6,11 @@ headers alone, then one tensor at a time, without a memory map of the whole chec
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,13 +28,51 @@ class CheckpointFilesError(ElmtuneError):
     """A checkpoint directory without usable safetensors files, or a write that does not follow its plan."""
 
 
+@contextlib.contextmanager
+def open_safetensors(path: str | Path) -> Iterator[Any]:
+    """``safetensors.safe_open`` of one file (torch tensors), whose header errors name the file on one line.
+
+    Raises:
+        CheckpointFilesError: The file is truncated or corrupt.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise _corrupt(path, err) from None
+    with handle:
+        yield handle
+
+
+def _corrupt(path: str | Path, err: BaseException) -> CheckpointFilesError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CheckpointFilesError(
+        f"{path} is not a complete safetensors file ({reason}); it is truncated or corrupt: save or copy it again"
+    )
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file.
+
+    Raises:
+        CheckpointFilesError: The file is missing, truncated or corrupt (one line naming it).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise _corrupt(path, err) from None
+
+
 def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
     """Key -> the safetensors file that holds it, from the shard index or the single ``model.safetensors``.
 
     Raises:
         CheckpointFilesError: No safetensors checkpoint, or an index naming a missing shard.
     """
-    from safetensors import safe_open
 
     path = Path(model_dir)
     index = path / INDEX_FILE
@@ -47,7 +87,7 @@ def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
         return files
     single = path / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as handle:
+        with open_safetensors(single) as handle:
             return dict.fromkeys(handle.keys(), single)
     hint = " (pickle checkpoints are not read; re-save with safetensors)" if any(path.glob("*.bin")) else ""
     raise CheckpointFilesError(f"'{path}' has no {SINGLE_FILE} or {INDEX_FILE}{hint}")
@@ -65,7 +105,6 @@ class SafetensorsSource:
     """
 
     def __init__(self, files: Mapping[str, Path]) -> None:
-        from safetensors import safe_open
 
         self._files = dict(files)
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
@@ -73,7 +112,7 @@ class SafetensorsSource:
         for key, file in self._files.items():
             by_file.setdefault(file, []).append(key)
         for file, keys in by_file.items():
-            with safe_open(str(file), framework="pt") as handle:
+            with open_safetensors(file) as handle:
                 present = set(handle.keys())
                 for key in keys:
                     if key not in present:
@@ -103,11 +142,19 @@ class SafetensorsSource:
         return self._files[key]
 
     def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
 
-        with safe_open(str(self._files[key]), framework="pt") as handle:
+        with open_safetensors(self._files[key]) as handle:
             tensor = handle.get_tensor(key)
         return tensor.clone()  # own memory: nothing keeps the file mapped
 
 
-__all__ = ["DTYPE_CODES", "INDEX_FILE", "SINGLE_FILE", "CheckpointFilesError", "SafetensorsSource", "checkpoint_files"]
+__all__ = [
+    "DTYPE_CODES",
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "CheckpointFilesError",
+    "SafetensorsSource",
+    "checkpoint_files",
+    "open_safetensors",
+    "read_safetensors",
+]

@@ -29,8 +29,11 @@ def resolve_geometry(name: str) -> tuple[ModelGeometry, str]:
         ModelNotFoundError: Unknown name.
         ElmtuneError: The config is not an OpenELM config.
     """
+    from elmtune.models.loading import check_model_name
+
+    check_model_name(name)
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"'{name}' has no config.json; is it a model directory?")
         return geometry_from_dict(_read_config(path / "config.json")), "config.json"

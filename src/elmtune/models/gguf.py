@@ -151,7 +151,8 @@ def export_gguf(
         OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
     from rich.progress import track
-    from safetensors import safe_open
+
+    from elmtune.models.checkpoint_files import open_safetensors
 
     start = time.perf_counter()
     model_dir = Path(model_dir).expanduser()
@@ -186,7 +187,7 @@ def export_gguf(
             writer.write_ti_data_to_file()
             for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
                 # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
-                with safe_open(str(source.file(plan.source)), framework="pt") as handle:
+                with open_safetensors(source.file(plan.source)) as handle:
                     data = _encode(handle, plan)
                 writer.write_tensor_data(data)
                 del data

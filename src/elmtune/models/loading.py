@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from elmtune.errors import ModelNotFoundError
+from elmtune.models.checkpoint_files import CheckpointFilesError
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.modeling import OpenELMForCausalLM
 from elmtune.models.presets import PRESETS, preset_name
@@ -52,6 +55,24 @@ def is_preset(name: str) -> bool:
     return "/" not in name and preset_name(name) is not None and not Path(name).exists()
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}(/[A-Za-z0-9][\w.\-]{0,95})?")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a name that is neither a preset, an existing path, nor shaped like a hub id (``namespace/name``).
+
+    Raises:
+        ModelNotFoundError: One line saying which of the three the name could have been and is not.
+    """
+    if is_preset(name) or Path(name).expanduser().exists():
+        return
+    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        raise ModelNotFoundError(
+            f"model '{name}' does not exist: it is not a local directory, not a preset ({', '.join(PRESETS)}) and "
+            "not a hub id (namespace/name); check the path"
+        )
+
+
 def _not_found(name: str, reason: str) -> ModelNotFoundError:
     preset = preset_name(name)
     hint = f" To build random weights of the same shape, use the preset '{preset}'." if preset else ""
@@ -91,6 +112,7 @@ def load_model(
 
     register()
     name = str(name_or_path)
+    check_model_name(name)
     torch_dtype = resolve_dtype(dtype)
     if is_preset(name):
         config = OpenELMConfig.from_preset(name)
@@ -118,6 +140,11 @@ def load_model(
             )
         except OSError as err:
             raise _not_found(name, _reason(err)) from None
+        except SafetensorError as err:
+            raise CheckpointFilesError(
+                f"the weights of '{name}' are not complete safetensors files ({str(err).splitlines()[0]}); they are "
+                "truncated or corrupt: save or download the checkpoint again"
+            ) from None
     if device is not None:
         model = model.to(device)
     return model.eval()

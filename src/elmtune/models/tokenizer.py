@@ -43,10 +43,12 @@ def load_tokenizer(path_or_id: str | Path | None = None) -> PreTrainedTokenizerB
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from elmtune.models.loading import check_model_name
     from elmtune.models.presets import preset_name
 
     source: Path | str = bundled_tokenizer_dir()
     if path_or_id is not None:
+        check_model_name(str(path_or_id))
         candidate = Path(path_or_id)
         if candidate.is_dir():
             if _has_tokenizer(candidate):
