@@ -103,3 +103,13 @@ def test_collate_pairs(tokenizer, pairs):
             assert labels[i, :n].tolist() == getattr(p, f"{side}_labels").tolist()
             assert mask[i].tolist() == [1] * n + [0] * (length - n)
             assert (ids[i, n:] == 0).all() and (labels[i, n:] == IGNORE_INDEX).all()
+
+
+def test_identical_pairs_are_skipped_and_counted(tokenizer, pairs):
+    import dataclasses
+
+    same = [dataclasses.replace(p, rejected=p.chosen) for p in pairs[:3]]
+    mixed = [pairs[3], same[0], pairs[4], same[1], same[2]]
+    kept, report = tokenize_preference(mixed, tokenizer, BIG)
+    assert report.dropped_identical == 3 and report.kept == 2
+    assert [k.where for k in kept] == [pairs[3].where, pairs[4].where]  # the others, in order
