@@ -87,6 +87,9 @@ def workspace(tmp_path_factory) -> Path:
     (w / "unknown-key.yaml").write_text(recipe + "  learning_rate: 0.1\n")
     (w / "adapter-bad.yaml").write_text("r: many\n")
 
+    (w / "pickle-base").mkdir()
+    (w / "pickle-base" / "config.json").write_bytes((w / "base" / "config.json").read_bytes())
+    (w / "pickle-base" / "pytorch_model.bin").write_bytes(b"not loaded: a pickle could run code")
     (w / "a-file").write_text("not a directory\n")
     (w / "existing-dir").mkdir()
     (w / "existing-dir" / "keep.txt").write_text("user data\n")
@@ -114,6 +117,7 @@ CASES = [
     Case("train: zero batch", f"{TRAIN} --batch-size 0 -o {{w}}/out", 2, "batch_size and grad_accum must be >= 1"),
     Case("train: unknown flag", f"{TRAIN} --learning-rate 1 -o {{w}}/out", 2, "No such option"),
     Case("train: truncated base", f"train --model {{w}}/truncated-base --data {SFT} -o {{w}}/out", 1, "truncated"),
+    Case("train: pickle weights", f"train --model {{w}}/pickle-base --data {SFT} -o {{w}}/out", 1, "safetensors only"),
     Case("train: dpo on sft data", f"{TRAIN} --objective dpo -o {{w}}/out", 1, "does not fit"),
     Case(
         "train: dpo max_length below the prompt length",

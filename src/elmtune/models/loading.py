@@ -126,6 +126,11 @@ def load_model(
         path = Path(name).expanduser()
         if path.exists() and not (path / "config.json").is_file():
             raise ModelNotFoundError(f"'{name}' is a path but has no config.json; is it a model directory?")
+        if path.is_dir() and any(path.glob("*.bin")) and not any(path.glob("*.safetensors")):
+            raise ModelNotFoundError(
+                f"'{name}' holds only pickle weights (*.bin); elmtune loads safetensors only: re-save the model with "
+                "save_pretrained(..., safe_serialization=True) where you trust the file"
+            )
         try:
             config = AutoConfig.from_pretrained(str(path) if path.exists() else name, revision=revision)
         except OSError as err:
@@ -137,6 +142,7 @@ def load_model(
                 dtype=torch_dtype if torch_dtype is not None else "auto",
                 revision=revision,
                 trust_remote_code=False,
+                use_safetensors=True,  # never unpickle weights
             )
         except OSError as err:
             raise _not_found(name, _reason(err)) from None
