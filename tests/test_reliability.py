@@ -201,7 +201,10 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """Run the ``elmtune`` entry point in-process: (exit code, stdout + stderr)."""
+    """Run the ``elmtune`` entry point in-process, as a fresh process would: (exit code, stdout + stderr)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier in-process runs may have set another precision
     monkeypatch.setattr(sys, "argv", ["elmtune", *args])
     code = 0
     try:

@@ -13,9 +13,11 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "openelm-270M-lora-co
 def test_flags_override_the_recipe_and_reach_run_training(monkeypatch):
     calls = []
 
-    def fake_run_training(config, resume=None):
+    def fake_run_training(config, resume=None, overwrite=False):
         calls.append((config, resume))
-        return SimpleNamespace(final_adapter=Path("out/final"), steps=3, last_loss=1.25)
+        return SimpleNamespace(
+            final_adapter=Path("out/final"), steps=3, last_loss=1.25, already_finished=False, run_dir=Path("out")
+        )
 
     monkeypatch.setattr("elmtune.finetune.run.run_training", fake_run_training)
     args = [

@@ -35,7 +35,7 @@ def test_loss_falls_and_run_directory_describes_itself(make_config):
     assert (run / "final" / "adapter_config.json").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
     ckpt = run / "checkpoints" / "step-00000012"
-    for name in ("adapter", "optimizer.pt", "scheduler.json", "rng.pt", "trainer_state.json", "config.yaml"):
+    for name in ("adapter", "optimizer.pt", "scheduler.json", "rng-rank0.pt", "trainer_state.json", "config.yaml"):
         assert (ckpt / name).exists(), name
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 12
 

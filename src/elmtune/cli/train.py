@@ -104,6 +104,9 @@ def train(
     output_dir: Annotated[str | None, Opt("--output-dir", "-o", help="Run directory.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the latest checkpoint in the run dir.")] = False,
     resume_from: Annotated[Path | None, Opt("--resume-from", help="Continue from this checkpoint.")] = None,
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="Replace a previous elmtune run in --output-dir (a fresh run only).")
+    ] = False,
     num_processes: Annotated[int, Opt("--num-processes", help="Data-parallel processes (torchrun).")] = 1,
     data_format: Annotated[str | None, Opt("--format", help="auto, alpaca, commonsense, messages, ...")] = None,
     template: Annotated[str | None, Opt(help="auto, alpaca, chat or plain.")] = None,
@@ -150,6 +153,8 @@ def train(
         _relaunch(num_processes)
     if resume and resume_from is not None:
         raise typer.BadParameter("give --resume or --resume-from, not both")
+    if overwrite and (resume or resume_from is not None):
+        raise typer.BadParameter("--overwrite starts a fresh run; it cannot be combined with --resume/--resume-from")
     from elmtune.finetune.config import load_run_config
     from elmtune.finetune.run import run_training
 
@@ -157,5 +162,16 @@ def train(
     values["warmup"], values["validation_size"] = _number(warmup), _number(validation_size)
     overrides = {key: values[flag] for flag, key in _FLAG_KEYS.items() if values[flag] is not None}
     run_config = load_run_config(config, overrides)
-    result = run_training(run_config, resume=resume_from if resume_from is not None else (True if resume else None))
-    typer.echo(f"final adapter: {result.final_adapter}  (steps {result.steps}, last loss {result.last_loss:.4f})")
+    result = run_training(
+        run_config,
+        resume=resume_from if resume_from is not None else (True if resume else None),
+        overwrite=overwrite,
+    )
+    if result.already_finished:
+        typer.echo(
+            f"{result.run_dir} already finished all {result.steps} steps; nothing was changed (final adapter: "
+            f"{result.final_adapter}); to train further, resume with a larger --max-steps or --epochs"
+        )
+        return
+    loss = "n/a" if result.last_loss is None else f"{result.last_loss:.4f}"
+    typer.echo(f"final adapter: {result.final_adapter}  (steps {result.steps}, last loss {loss})")

@@ -6,10 +6,14 @@ A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
     trainable.safetensors every trainable tensor, by name  }
     optimizer.pt          optimizer state (tensors and numbers only; loaded with ``weights_only=True``)
     scheduler.json        LR scheduler state
-    rng.pt                torch / CUDA RNG states (tensors), loaded with ``weights_only=True``
-    rng.json              Python and NumPy RNG states
-    trainer_state.json    step, position in the data order, metrics so far
+    rng-rank{N}.pt        torch / CUDA RNG states of process N (tensors), loaded with ``weights_only=True``
+    rng-rank{N}.json      Python and NumPy RNG states of process N
+    trainer_state.json    step, position in the data order, metrics so far, the run's identity
     config.yaml           the full run config
+    manifest.json         size and sha256 of every other file (see :mod:`elmtune.finetune.checkpoint_integrity`)
+
+Checkpoints written before per-process RNG files hold a single ``rng.pt`` / ``rng.json``; they are still read (every
+process then restores the same states, as they were saved).
 
 It is first written to a hidden temporary directory, every file is fsynced, then the directory is renamed into place
 (atomic on POSIX) and the parent fsynced. A process killed mid-write leaves only the temporary directory, which is
@@ -32,6 +36,9 @@ import numpy as np
 import torch
 import yaml
 
+from elmtune.errors import ElmtuneError
+from elmtune.finetune.checkpoint_integrity import write_manifest
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 TMP_PREFIX = ".tmp-"
 
@@ -48,6 +55,10 @@ class TrainerState:
         elapsed_s: Training time so far (wall clock, excluding earlier crashed attempts' lost work).
         log_history: Metrics rows logged so far.
         skipped_nonfinite: Steps skipped because their loss or gradient norm was NaN or infinite.
+        total_steps: Optimizer steps the run was planned for when this state was saved (None in old checkpoints).
+        num_processes: Data-parallel processes of the run (None in old checkpoints).
+        data_sha256: Fingerprint of the training data's content taken when the run started (None when the data is
+            not a local file or directory, or in old checkpoints).
     """
 
     step: int = 0
@@ -57,6 +68,9 @@ class TrainerState:
     elapsed_s: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
     skipped_nonfinite: int = 0
+    total_steps: int | None = None
+    num_processes: int | None = None
+    data_sha256: str | None = None
 
 
 def _fsync_tree(path: Path) -> None:
@@ -75,7 +89,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def rng_states() -> tuple[dict[str, torch.Tensor | list[torch.Tensor]], dict[str, Any]]:
+RngStates = tuple[dict[str, Any], dict[str, Any]]
+
+
+def rng_file_names(rank: int) -> tuple[str, str]:
+    """Names of the tensor and the JSON RNG file of process ``rank`` inside a checkpoint."""
+    return f"rng-rank{rank}.pt", f"rng-rank{rank}.json"
+
+
+def rng_states() -> RngStates:
     """Current RNG states: (tensor states for ``torch.save``, JSON-able Python/NumPy states)."""
     tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -124,6 +146,7 @@ def save_checkpoint(
     config: dict[str, Any],
     keep_last: int | None = None,
     extra_tensors: dict[str, Any] | None = None,
+    rng: list[RngStates] | None = None,
 ) -> Path:
     """Write a checkpoint for ``state.step`` atomically and prune older ones.
 
@@ -136,6 +159,7 @@ def save_checkpoint(
         config: The full run config (written as YAML).
         keep_last: Keep only this many newest checkpoints (None: keep all).
         extra_tensors: More tensor state to store in ``extra.pt`` (e.g. a gradient scaler's).
+        rng: The RNG states of every process, by rank (gathered by the caller); None stores this process's as rank 0.
 
     Returns:
         The checkpoint directory.
@@ -149,13 +173,15 @@ def save_checkpoint(
     write_model(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
-    tensors, plain = rng_states()
-    torch.save(tensors, tmp / "rng.pt")
-    (tmp / "rng.json").write_text(json.dumps(plain))
+    for rank, (tensors, plain) in enumerate(rng if rng is not None else [rng_states()]):
+        tensor_name, json_name = rng_file_names(rank)
+        torch.save(tensors, tmp / tensor_name)
+        (tmp / json_name).write_text(json.dumps(plain))
     if extra_tensors:
         torch.save(extra_tensors, tmp / "extra.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_manifest(tmp)
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. the final step after a resume): replace it whole
         shutil.rmtree(final)
@@ -190,18 +216,39 @@ class LoadedCheckpoint:
         return self.path / "adapter"
 
 
-def read_rng_states(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The RNG states stored in checkpoint ``path`` (for :func:`restore_rng_states`)."""
-    return torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text())
+def read_rng_states(path: Path, rank: int = 0) -> RngStates:
+    """The RNG states of process ``rank`` stored in checkpoint ``path`` (for :func:`restore_rng_states`).
+
+    A checkpoint from before per-process RNG files holds one ``rng.pt`` / ``rng.json``, which every rank reads.
+
+    Raises:
+        ElmtuneError: The checkpoint holds per-process RNG states but none for ``rank`` (fewer processes saved it).
+    """
+    tensor_name, json_name = rng_file_names(rank)
+    if not (path / tensor_name).is_file():
+        if (path / "rng.pt").is_file() and not (path / rng_file_names(0)[0]).is_file():
+            tensor_name, json_name = "rng.pt", "rng.json"
+        else:
+            saved = len(list(path.glob("rng-rank*.pt")))
+            raise ElmtuneError(
+                f"checkpoint {path} holds the RNG states of {saved} process(es), none for process {rank}; resume "
+                f"with --num-processes {saved}"
+            )
+    return torch.load(path / tensor_name, weights_only=True), json.loads((path / json_name).read_text())
 
 
-def load_checkpoint(path: Path, restore_rng: bool = True) -> LoadedCheckpoint:
-    """Read a checkpoint directory (and, by default, restore the RNG states it holds)."""
+def read_checkpoint_meta(path: Path) -> tuple[TrainerState, dict[str, Any]]:
+    """The trainer state and the run config stored in checkpoint ``path`` (without loading any tensors)."""
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    return state, yaml.safe_load((path / "config.yaml").read_text())
+
+
+def load_checkpoint(path: Path, restore_rng: bool = True, rank: int = 0) -> LoadedCheckpoint:
+    """Read a checkpoint directory (and, by default, restore the RNG states it holds for process ``rank``)."""
+    state, config = read_checkpoint_meta(path)
     optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     scheduler = json.loads((path / "scheduler.json").read_text())
     extra = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
     if restore_rng:
-        restore_rng_states(torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text()))
-    config = yaml.safe_load((path / "config.yaml").read_text())
+        restore_rng_states(*read_rng_states(path, rank))
     return LoadedCheckpoint(path, state, optimizer, scheduler, config, extra)

@@ -6,8 +6,11 @@ run forward/backward on each micro-batch with the summed loss divided by that co
 large-batch gradient whatever the accumulation or process count. Then clip, step AdamW (fp32 states) and the LR
 schedule, log, evaluate and checkpoint as configured.
 
-Resuming restores the adapter tensors, optimizer, scheduler, data position and RNG states from a checkpoint, so on
-CPU in fp32 a killed run that resumes ends with the same weights, bit for bit, as a run that was never interrupted.
+Resuming restores the adapter tensors, optimizer, scheduler, data position and every process's RNG states from a
+checkpoint, so on CPU in fp32 a killed run that resumes ends with the same weights, bit for bit, as a run that was
+never interrupted. When the run was extended (a larger ``max_steps`` or ``epochs``), the schedule is that of the new
+total: the warm-up is unchanged, the decay stretches to the new end, and the learning rate continues from the new
+schedule's value at the current step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,6 +41,7 @@ from elmtune.finetune.checkpoint import (
     load_checkpoint,
     read_rng_states,
     restore_rng_states,
+    rng_states,
     save_checkpoint,
 )
 from elmtune.finetune.config import TrainConfig
@@ -60,6 +65,40 @@ class TrainResult:
     eval_loss: float | None
     metrics_path: Path
     loss_curve: Path | None
+    already_finished: bool = False
+
+
+def last_losses(log_history: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The last training loss and the last validation loss in a run's metrics rows."""
+    losses = [row["loss"] for row in log_history if "loss" in row]
+    evals = [row["eval_loss"] for row in log_history if "eval_loss" in row]
+    return (losses[-1] if losses else None), (evals[-1] if evals else None)
+
+
+def _sampler(cfg: TrainConfig, lengths: Any, world: int, rank: int) -> LengthGroupedBatchSampler:
+    return LengthGroupedBatchSampler(
+        lengths,
+        cfg.batch_size * cfg.grad_accum,
+        seed=cfg.seed,
+        group_by_length=cfg.group_by_length,
+        num_replicas=world,
+        rank=rank,
+    )
+
+
+def planned_total_steps(cfg: TrainConfig, train_lengths: Any, num_processes: int) -> int:
+    """Optimizer steps of a run: ``max_steps``, or ``epochs`` passes over the global batches of the training data."""
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * len(_sampler(cfg, train_lengths, num_processes, 0))))
+
+
+def _continue_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.Optimizer) -> None:
+    """Set each group's LR to the (possibly extended) schedule's value at the restored step.
+
+    The optimizer state holds the LR the old schedule gave; for an unchanged schedule this recomputes the same value
+    the same way (``base_lr * lambda(step)``, as ``LambdaLR`` does), so an exact resume stays bit-identical.
+    """
+    for group, base_lr, lr_lambda in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
 
 
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -175,6 +214,7 @@ def train(
     save_adapter: Callable[[nn.Module, Path], None],
     resume: Path | None = None,
     accelerator: Accelerator | None = None,
+    data_sha256: str | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` (an adapter on a frozen base) on ``data`` with ``objective``.
 
@@ -189,6 +229,8 @@ def train(
         save_adapter: Writes the adapter of a model (PEFT format) into a directory.
         resume: A checkpoint directory to continue from.
         accelerator: An existing ``Accelerator`` (one is created from ``plan`` otherwise).
+        data_sha256: Fingerprint of the training data, stored in every checkpoint of a fresh run (see
+            :mod:`elmtune.finetune.resume_check`).
 
     Returns:
         A :class:`TrainResult`.
@@ -203,15 +245,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ElmtuneError("the model has no trainable parameters; apply an adapter first")
-    sampler = LengthGroupedBatchSampler(
-        data.train_lengths,
-        cfg.batch_size * cfg.grad_accum,
-        seed=cfg.seed,
-        group_by_length=cfg.group_by_length,
-        num_replicas=world,
-        rank=rank,
-    )
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(sampler)))
+    sampler = _sampler(cfg, data.train_lengths, world, rank)
+    total_steps = planned_total_steps(cfg, data.train_lengths, world)
     schedule = Schedule(
         peak_lr=cfg.lr,
         total_steps=total_steps,
@@ -222,19 +257,22 @@ def train(
     )
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = schedule.scheduler(optimizer)
-    state = TrainerState()
+    state = TrainerState(data_sha256=data_sha256)
     checkpoint = None
     if resume is not None:
         checkpoint = load_checkpoint(resume, restore_rng=False)
         load_trainable_tensors(model, resume / TRAINABLE_FILE)
         optimizer.load_state_dict(checkpoint.optimizer)
         scheduler.load_state_dict(checkpoint.scheduler)
+        _continue_schedule(scheduler, optimizer)
         state = checkpoint.state
+        state.data_sha256 = state.data_sha256 or data_sha256
         sampler.set_position(state.epoch, state.batch_in_epoch)
+    state.total_steps, state.num_processes = total_steps, world
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     if checkpoint is not None:
-        restore_rng_states(*read_rng_states(checkpoint.path))
+        restore_rng_states(*read_rng_states(checkpoint.path, rank))
     else:
         torch.manual_seed(cfg.seed + rank)
 
@@ -256,6 +294,7 @@ def train(
 
     def checkpoint_now() -> None:
         state.epoch, state.batch_in_epoch = sampler.epoch, sampler.batch_index
+        rng = gather_object([rng_states()]) if world > 1 else [rng_states()]  # every process's, by rank
         if main:
             path = save_checkpoint(
                 run_dir / "checkpoints",
@@ -265,12 +304,13 @@ def train(
                 scheduler=scheduler,
                 config=run_config,
                 keep_last=cfg.keep_last,
+                rng=rng,
             )
             progress.message(f"checkpoint {path}")
         accelerator.wait_for_everyone()
 
     batches = iter(sampler)
-    last_loss = eval_loss = None
+    last_loss, eval_loss = last_losses(state.log_history)  # what a resumed run that has no steps left reports
     window_tokens, window_start = 0, time.perf_counter()
     model.train()
     while state.step < total_steps:

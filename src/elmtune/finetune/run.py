@@ -7,28 +7,64 @@ Run directory::
     checkpoints/         step-XXXXXXXX/ (adapter, optimizer, scheduler, RNG, data position, config)
     final/               the trained adapter (PEFT format, with elmtune metadata)
     loss_curve.png       training and validation loss
+    .lock                locked while a run writes here; holds its pid
+
+Everything that can refuse a run (output directory, lock, resume settings, checkpoint integrity) is checked before
+the first byte is written to the run directory.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import yaml
 
 from elmtune.errors import ElmtuneError
-from elmtune.finetune.checkpoint import checkpoint_dirs, latest_checkpoint
+from elmtune.finetune.checkpoint import TrainerState, checkpoint_dirs, read_checkpoint_meta
+from elmtune.finetune.checkpoint_integrity import checkpoint_problem
 from elmtune.finetune.config import RunConfig
-from elmtune.finetune.loop import TrainResult, train
+from elmtune.finetune.loop import TrainResult, last_losses, planned_total_steps, train
+from elmtune.finetune.output_dir import check_fresh_output_dir, clear_previous_run, create_run_dir
+from elmtune.finetune.resume_check import check_planned_steps, check_same_run, data_fingerprint, differing_settings
+from elmtune.finetune.run_lock import RunLock, lock_holder
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_resume(run_dir: Path, resume: bool | str | Path | None) -> Path | None:
-    """The checkpoint to resume from: ``True`` means the latest one in ``run_dir``; a path is used as given.
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _intact_latest(run_dir: Path, warn: bool) -> Path:
+    """The newest checkpoint that passes :func:`checkpoint_problem`; skipped ones are named in a warning line."""
+    root = run_dir / "checkpoints"
+    candidates = checkpoint_dirs(root)[::-1]
+    if not candidates:
+        raise ElmtuneError(f"--resume: no checkpoint in {root}; start a fresh run instead")
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped and warn:
+                _warn(f"--resume: skipping damaged checkpoint(s) {'; '.join(skipped)}; resuming from {path}")
+            return path
+        skipped.append(f"{path} ({problem})")
+    raise ElmtuneError(f"--resume: no intact checkpoint in {root}: {'; '.join(skipped)}; start a fresh run instead")
+
+
+def resolve_resume(run_dir: Path, resume: bool | str | Path | None, *, warn: bool = True) -> Path | None:
+    """The checkpoint to resume from: ``True`` means the newest intact one in ``run_dir``; a path is used as given.
+
+    Args:
+        run_dir: The run directory.
+        resume: None/False for a fresh run, True for the latest checkpoint, or a checkpoint directory.
+        warn: Print a warning line naming each damaged checkpoint that was skipped.
 
     Raises:
-        ElmtuneError: Nothing to resume from, or a fresh run would overwrite an existing run's checkpoints.
+        ElmtuneError: Nothing (intact) to resume from, a damaged ``--resume-from`` checkpoint, or a fresh run
+            over an existing run's checkpoints.
     """
     if resume is None or resume is False:
         if checkpoint_dirs(run_dir / "checkpoints"):
@@ -37,29 +73,117 @@ def resolve_resume(run_dir: Path, resume: bool | str | Path | None) -> Path | No
                 "another --output-dir"
             )
         return None
+    if not run_dir.is_dir():
+        raise ElmtuneError(f"--resume: the run directory {run_dir} does not exist; check --output-dir")
     if resume is True:
-        found = latest_checkpoint(run_dir / "checkpoints")
-        if found is None:
-            raise ElmtuneError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        return found
+        return _intact_latest(run_dir, warn)
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise ElmtuneError(f"--resume-from {path}: not a checkpoint directory (no trainer_state.json)")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ElmtuneError(f"--resume-from {path}: the checkpoint is damaged ({problem}); pick another checkpoint")
     return path
 
 
-def run_training(config: RunConfig, *, resume: bool | str | Path | None = None) -> TrainResult:
+def _check_resume(
+    config: RunConfig, resume: bool | str | Path, *, num_processes: int, main: bool, data_sha256: str | None
+) -> tuple[Path, TrainerState, list[str]]:
+    """Pick the checkpoint to resume from and check that the given settings continue its run (reads only).
+
+    Args:
+        config: The given run configuration.
+        resume: ``True`` or a checkpoint path (as for :func:`resolve_resume`).
+        num_processes: Processes of this launch.
+        main: This is the process that will write (it probes the lock and prints warnings).
+        data_sha256: Fingerprint of the given data.
+
+    Returns:
+        The checkpoint, its trainer state, and the names of the run's checkpoints at the time of the check.
+
+    Raises:
+        ElmtuneError: The directory is in use, nothing intact to resume from, or the settings differ.
+    """
+    run_dir = Path(config.train.output_dir)
+    holder = lock_holder(run_dir) if main else None
+    if holder:
+        raise ElmtuneError(f"{run_dir} is in use by another elmtune run ({holder})")
+    checkpoint = resolve_resume(run_dir, resume, warn=main)
+    seen = [p.name for p in checkpoint_dirs(run_dir / "checkpoints")]
+    state, stored_config = read_checkpoint_meta(checkpoint)
+    differences = differing_settings(
+        stored_config, config.to_dict(), state, num_processes=num_processes, data_sha256=data_sha256
+    )
+    check_same_run(run_dir, differences)
+    return checkpoint, state, seen
+
+
+def _finished(run_dir: Path, state: TrainerState) -> TrainResult:
+    """The result of resuming a run that has already trained all its steps and written ``final/``."""
+    last_loss, eval_loss = last_losses(state.log_history)
+    curve = run_dir / "loss_curve.png"
+    return TrainResult(
+        run_dir,
+        run_dir / "final",
+        state.step,
+        last_loss,
+        eval_loss,
+        run_dir / "metrics.jsonl",
+        curve if curve.is_file() else None,
+        already_finished=True,
+    )
+
+
+def _start_writing(run_dir: Path, config: RunConfig, *, overwrite: bool, checkpoints_seen: list[str] | None) -> RunLock:
+    """Lock the run directory, check again that nothing changed, and prepare it for writing (main process only).
+
+    Args:
+        run_dir: The run directory.
+        config: The run configuration (written to ``config.yaml``).
+        overwrite: Delete a previous run's files first (fresh runs).
+        checkpoints_seen: For a resume, the checkpoint names found by the checks (None for a fresh run).
+
+    Raises:
+        ElmtuneError: Another run holds the directory, or changed it while this one was starting.
+    """
+    if checkpoints_seen is None:
+        create_run_dir(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        if checkpoints_seen is None:
+            # again, now that no other run can write here
+            check_fresh_output_dir(run_dir, overwrite=overwrite, locked=True)
+            if overwrite:
+                clear_previous_run(run_dir)
+        elif [p.name for p in checkpoint_dirs(run_dir / "checkpoints")] != checkpoints_seen:
+            raise ElmtuneError(f"--resume: {run_dir} changed while this run was starting; run the command again")
+        lock.claim()
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> TrainResult:
     """Load model and data, apply the adapter and train, as ``config`` says.
+
+    Nothing is written to the run directory before every check has passed: a fresh run needs an empty directory
+    (or ``overwrite``), a resume needs the stored run-defining settings (see :mod:`elmtune.finetune.resume_check`)
+    and an intact checkpoint (a damaged newest one is skipped with a warning), and either needs the directory's lock.
 
     Args:
         config: The run configuration.
-        resume: ``True`` to continue from the latest checkpoint in the run directory, or a checkpoint path.
+        resume: ``True`` to continue from the latest intact checkpoint in the run directory, or a checkpoint path.
+        overwrite: A fresh run may replace a previous elmtune run in the output directory.
 
     Returns:
-        The :class:`TrainResult` (run directory, final adapter, last losses).
+        The :class:`TrainResult` (run directory, final adapter, last losses); ``already_finished`` when a resumed
+        run had nothing left to train (nothing was changed then).
 
     Raises:
-        ElmtuneError: Bad model/data/adapter settings, or nothing to resume from.
+        ElmtuneError: Bad model/data/adapter settings, an unusable output directory, another run using it, or a
+            resume that does not match the stored run.
     """
     import torch
     from accelerate import Accelerator
@@ -73,9 +197,18 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None) 
 
     cfg = config.train
     run_dir = Path(cfg.output_dir)
-    checkpoint = resolve_resume(run_dir, resume)
+    fresh = resume is None or resume is False
     plan = plan_precision(resolve_device(cfg.device), cfg.precision, cfg.base_dtype)
     accelerator = Accelerator(cpu=plan.device.type == "cpu", mixed_precision=plan.accelerate_mixed_precision)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if fresh and main:  # only the process that writes: the others would see its first files
+        check_fresh_output_dir(run_dir, overwrite=overwrite)
+    data_sha256 = data_fingerprint(config.data.path)
+    checkpoint = stored = checkpoints_seen = None
+    if not fresh:
+        checkpoint, stored, checkpoints_seen = _check_resume(
+            config, resume, num_processes=world, main=main, data_sha256=data_sha256
+        )
     set_seed(cfg.seed)  # the random weights of a preset base and the adapter's initialisation depend on it
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer)
@@ -84,23 +217,33 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None) 
             f"objective {cfg.objective} does not fit {data.kind} data: use --objective dpo with "
             "preference pairs (prompt/chosen/rejected) and sft with everything else"
         )
+    if stored is not None:
+        total_steps = planned_total_steps(cfg, data.train_lengths, world)
+        check_planned_steps(run_dir, stored, total_steps)
+        if stored.step == total_steps and (run_dir / "final").is_dir():
+            return _finished(run_dir, stored)
     model = load_model(config.model, dtype=plan.base_dtype)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     model = apply_adapter(model, config.adapter)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    torch.manual_seed(cfg.seed)
-    return train(
-        model,
-        build_objective(cfg.objective, z_loss=cfg.z_loss, beta=cfg.beta, preference_loss=cfg.preference_loss),
-        data,
-        cfg,
-        run_dir=run_dir,
-        run_config=config.to_dict(),
-        plan=plan,
-        save_adapter=lambda m, d: save_adapter(m, d, base_name=config.model),
-        resume=checkpoint,
-        accelerator=accelerator,
-    )
+    lock = None
+    if main:
+        lock = _start_writing(run_dir, config, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
+    try:
+        torch.manual_seed(cfg.seed)
+        return train(
+            model,
+            build_objective(cfg.objective, z_loss=cfg.z_loss, beta=cfg.beta, preference_loss=cfg.preference_loss),
+            data,
+            cfg,
+            run_dir=run_dir,
+            run_config=config.to_dict(),
+            plan=plan,
+            save_adapter=lambda m, d: save_adapter(m, d, base_name=config.model),
+            resume=checkpoint,
+            accelerator=accelerator,
+            data_sha256=data_sha256,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
