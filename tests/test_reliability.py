@@ -90,11 +90,35 @@ def workspace(tmp_path_factory) -> Path:
     (w / "pickle-base").mkdir()
     (w / "pickle-base" / "config.json").write_bytes((w / "base" / "config.json").read_bytes())
     (w / "pickle-base" / "pytorch_model.bin").write_bytes(b"not loaded: a pickle could run code")
+    (w / "outside.yaml").write_text(recipe.replace("device: cpu", "device: cpu\n  output_dir: ../outside-run"))
     (w / "a-file").write_text("not a directory\n")
     (w / "existing-dir").mkdir()
     (w / "existing-dir" / "keep.txt").write_text("user data\n")
     (w / "existing.gguf").write_bytes(b"user data")
+    _finished_run(w / "run")
     return w
+
+
+def _finished_run(run_dir: Path) -> None:
+    """A finished two-step run of RUN_FLAGS in ``run_dir``."""
+    from elmtune.adapters import AdapterConfig
+    from elmtune.datasets import DataConfig
+    from elmtune.finetune.config import RunConfig, TrainConfig
+    from elmtune.finetune.run import run_training
+
+    config = RunConfig(
+        model="tiny",
+        data=DataConfig(path=str(SFT), max_length=256, limit=16),
+        adapter=AdapterConfig(r=2, alpha=4.0, dropout=0.0),
+        train=TrainConfig(output_dir=str(run_dir), max_steps=2, batch_size=4, lr=1e-3, warmup=0, device="cpu"),
+    )
+    run_training(config)
+
+
+RUN_FLAGS = (
+    f"--model tiny --data {SFT} --max-length 256 --limit 16 --rank 2 --alpha 4 --dropout 0 --max-steps 2 "
+    "--batch-size 4 --warmup 0 --device cpu"
+)
 
 
 TRAIN = f"train --model tiny --data {SFT} --max-length 256 --max-steps 1 --device cpu"
@@ -131,6 +155,14 @@ CASES = [
         1,
         "6 pairs whose chosen and rejected are identical",
     ),
+    Case("train: output dir holds other files", f"{TRAIN} -o {{w}}/existing-dir", 1, "--overwrite"),
+    Case("train: output is a file", f"{TRAIN} -o {{w}}/a-file", 1, "a-file"),
+    Case(
+        "train: resume with another lr", f"train {RUN_FLAGS} --lr 0.5 --resume -o {{w}}/run", 1, "train.lr 0.001 -> 0.5"
+    ),
+    Case("train: resume a missing run", f"train {RUN_FLAGS} --resume -o {{w}}/no-run", 1, "does not exist"),
+    Case("train: fresh run over a finished one", f"train {RUN_FLAGS} -o {{w}}/run", 1, "checkpoints"),
+    Case("train: recipe output outside", "train --config {w}/outside.yaml", 2, "outside the working directory"),
     Case("train: bad rank", f"{TRAIN} --rank 0 -o {{w}}/out", 2, "r must be a positive integer"),
     Case("train: unknown method", f"{TRAIN} --method ia3 -o {{w}}/out", 2, "method must be one of"),
     # eval

@@ -19,6 +19,7 @@ _FLAG_KEYS = {
     "data_format": "data.format",
     "template": "data.template",
     "max_length": "data.max_length",
+    "max_prompt_length": "data.max_prompt_length",
     "train_on_prompt": "data.train_on_prompt",
     "packing": "data.packing",
     "skip_invalid": "data.skip_invalid",
@@ -111,6 +112,9 @@ def train(
     data_format: Annotated[str | None, Opt("--format", help="auto, alpaca, commonsense, messages, ...")] = None,
     template: Annotated[str | None, Opt(help="auto, alpaca, chat or plain.")] = None,
     max_length: Annotated[int | None, Opt(help="Longest sequence in tokens.")] = None,
+    max_prompt_length: Annotated[
+        int | None, Opt(help="dpo: longest prompt once a pair must be shortened (Apple: 512 of 1024).")
+    ] = None,
     train_on_prompt: Annotated[bool | None, Opt(help="Train on prompt tokens too.")] = None,
     packing: Annotated[bool | None, Opt(help="Pack examples (block-diagonal attention).")] = None,
     skip_invalid: Annotated[bool | None, Opt(help="Skip and count bad rows.")] = None,
@@ -162,6 +166,11 @@ def train(
     values["warmup"], values["validation_size"] = _number(warmup), _number(validation_size)
     overrides = {key: values[flag] for flag, key in _FLAG_KEYS.items() if values[flag] is not None}
     run_config = load_run_config(config, overrides)
+    if config is not None and output_dir is None:
+        from elmtune.finetune.output_dir import check_recipe_output_dir
+
+        check_recipe_output_dir(config, run_config.train.output_dir, confirmed=overwrite)
+    typer.echo(f"run directory: {Path(run_config.train.output_dir).resolve()}; data: {run_config.data.path}")
     result = run_training(
         run_config,
         resume=resume_from if resume_from is not None else (True if resume else None),

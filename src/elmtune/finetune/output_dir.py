@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from elmtune.errors import ElmtuneError
+from elmtune.errors import ElmtuneError, UsageError
 from elmtune.finetune.checkpoint import TMP_PREFIX
 from elmtune.finetune.run_lock import LOCK_FILE, lock_holder
 
@@ -96,3 +96,31 @@ def clear_previous_run(run_dir: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def check_recipe_output_dir(recipe: Path, output_dir: str, *, confirmed: bool) -> Path:
+    """Resolve a run directory that a recipe (not ``-o``) names, and refuse one outside the working directory.
+
+    A recipe copied from elsewhere may name ``../../somewhere``: such a relative path is shown in full and used only
+    when confirmed (``--overwrite``); an absolute path is taken as written.
+
+    Args:
+        recipe: The recipe file.
+        output_dir: Its ``train.output_dir``.
+        confirmed: The user passed ``--overwrite``.
+
+    Returns:
+        The resolved run directory.
+
+    Raises:
+        UsageError: A relative ``output_dir`` that leaves the working directory, unconfirmed.
+    """
+    path = Path(output_dir).expanduser()
+    resolved = path.resolve()
+    inside = resolved == Path.cwd().resolve() or Path.cwd().resolve() in resolved.parents
+    if not path.is_absolute() and not inside and not confirmed:
+        raise UsageError(
+            f"{recipe}: train.output_dir '{output_dir}' resolves to {resolved}, outside the working directory; "
+            "pass -o with the directory you want, write an absolute output_dir, or confirm with --overwrite"
+        )
+    return resolved
