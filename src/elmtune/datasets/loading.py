@@ -100,11 +100,17 @@ def _peek(records: Iterator[Record], count: int = 16) -> list[Record]:
     return head
 
 
+def _no_rows(source: str | Path, head: list[Record]) -> None:
+    """Raise for a source without a single row (an empty file) before guessing its format."""
+    if not head:
+        raise DataSourceError(f"{source}: holds no rows; is it the right file?")
+
+
 def _describe_fields(head: list[Record]) -> str:
     for record in head:
         if isinstance(record.value, dict):
-            return ", ".join(sorted(record.value)) or "(none)"
-    return "(no object rows)"
+            return f"the fields ({', '.join(sorted(record.value)) or 'none'})"
+    return "its rows, which are not JSON objects"
 
 
 def load_sft_examples(
@@ -141,11 +147,12 @@ def load_sft_examples(
         raise DataSourceError(f"unknown data format {data_format!r}; use auto or one of {', '.join(SFT_FORMATS)}")
     records = read_records(source, split=split, subset=subset, revision=revision)
     head = _peek(records)
+    _no_rows(source, head)
     if data_format == "auto":
         detected = _first_mapping_format(head)
         if detected is None:
             raise DataSourceError(
-                f"{source}: cannot tell the data format from the fields ({_describe_fields(head)}); "
+                f"{source}: cannot tell the data format from {_describe_fields(head)}; "
                 f"pass a format: {', '.join(SFT_FORMATS)}"
             )
         if detected == "preference":
@@ -212,10 +219,11 @@ def detect_source_format(
         DataSourceError: The source cannot be read or its fields fit no format.
     """
     head = _peek(read_records(source, split=split, subset=subset, revision=revision))
+    _no_rows(source, head)
     detected = _first_mapping_format(head)
     if detected is None:
         raise DataSourceError(
-            f"{source}: cannot tell the data format from the fields ({_describe_fields(head)}); "
+            f"{source}: cannot tell the data format from {_describe_fields(head)}; "
             f"pass a format: {', '.join(SFT_FORMATS)} or preference"
         )
     return detected

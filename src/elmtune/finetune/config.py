@@ -233,7 +233,8 @@ def load_run_config(recipe: str | Path | None, overrides: Mapping[str, Any] | No
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist")
+            what = "is a directory, not a recipe file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"recipe {path} {what}")
         try:
             data = load_recipe_yaml(path) or {}
         except yaml.YAMLError as err:
