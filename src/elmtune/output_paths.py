@@ -17,11 +17,13 @@ A full disk, a quota, a file too large or a read-only file system while writing 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -133,6 +135,26 @@ def _write_error(err: OSError, target: Path) -> OutputWriteError | None:
     if hint is None:
         return None
     return OutputWriteError(f"cannot write {target}: {err.strerror or err}; nothing was written ({hint})")
+
+
+@contextlib.contextmanager
+def removed_on_failure(partial: Path, target: Path) -> Iterator[Path]:
+    """Delete the half-written ``partial`` (a file or directory) if the block fails, then re-raise.
+
+    For writers that stage and rename by themselves (training checkpoints and ``final/``). A full disk, quota or
+    read-only file system becomes one :class:`OutputWriteError` line naming ``target``.
+    """
+    try:
+        yield partial
+    except BaseException as err:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        converted = _write_error(err, target) if isinstance(err, OSError) else None
+        if converted is not None:
+            raise converted from None
+        raise
 
 
 class _Staged:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,3 +111,30 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000003"]
     assert json.loads((tmp_path / "step-00000003" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_no_partial_directory(make_config, monkeypatch):
+    import errno
+
+    import pytest
+
+    import elmtune.finetune.checkpoint as checkpoint_module
+    from elmtune.finetune.run import run_training
+    from elmtune.output_paths import OutputWriteError
+
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # the first checkpoint writes optimizer.pt and one RNG file; the second one fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    config = make_config("full", max_steps=2, save_every=1)
+    with pytest.raises(OutputWriteError, match=r"step-00000002: No space left on device; nothing was written"):
+        run_training(config)
+    run_dir = config.train.output_dir
+    names = sorted(p.name for p in (Path(run_dir) / "checkpoints").iterdir())
+    assert names == ["step-00000001"]  # the good checkpoint stays, no .tmp-* directory is left behind
+    assert not (Path(run_dir) / "final").exists()

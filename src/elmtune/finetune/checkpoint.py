@@ -38,6 +38,7 @@ import yaml
 
 from elmtune.errors import ElmtuneError
 from elmtune.finetune.checkpoint_integrity import write_manifest
+from elmtune.output_paths import removed_on_failure
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 TMP_PREFIX = ".tmp-"
@@ -169,23 +170,24 @@ def save_checkpoint(
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    write_model(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
-    for rank, (tensors, plain) in enumerate(rng if rng is not None else [rng_states()]):
-        tensor_name, json_name = rng_file_names(rank)
-        torch.save(tensors, tmp / tensor_name)
-        (tmp / json_name).write_text(json.dumps(plain))
-    if extra_tensors:
-        torch.save(extra_tensors, tmp / "extra.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_manifest(tmp)
-    _fsync_tree(tmp)
-    if final.exists():  # re-saving the same step (e.g. the final step after a resume): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with removed_on_failure(tmp, final):  # a failed write (a full disk, non-finite weights) leaves no partial copy
+        tmp.mkdir()
+        write_model(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
+        for rank, (tensors, plain) in enumerate(rng if rng is not None else [rng_states()]):
+            tensor_name, json_name = rng_file_names(rank)
+            torch.save(tensors, tmp / tensor_name)
+            (tmp / json_name).write_text(json.dumps(plain))
+        if extra_tensors:
+            torch.save(extra_tensors, tmp / "extra.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_manifest(tmp)
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (e.g. the final step after a resume): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     _fsync_dir(root)
     for stale in root.iterdir():
         if stale.name.startswith(TMP_PREFIX) and stale.is_dir():

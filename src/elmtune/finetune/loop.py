@@ -50,6 +50,7 @@ from elmtune.finetune.objectives import Objective
 from elmtune.finetune.run_log import MetricsWriter, ProgressReporter, plot_loss_curve
 from elmtune.finetune.schedule import Schedule, warmup_steps_from
 from elmtune.models.finite import NonFiniteError, require_finite_parameters
+from elmtune.output_paths import removed_on_failure
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -196,9 +197,10 @@ def _write_final(model: nn.Module, save_adapter: Callable[[nn.Module, Path], Non
     final = run_dir / "final"
     tmp = run_dir / f".tmp-final-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with removed_on_failure(tmp, final):
+        save_adapter(model, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     return final
 
 
