@@ -12,7 +12,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from elmtune.evaluation.commonsense import apple_question, apple_subset, load_rows
 from elmtune.evaluation.config import EvalConfig
-from elmtune.evaluation.data import DataError, read_rows, sha256_file
+from elmtune.evaluation.data import DataError, read_rows
 from elmtune.evaluation.generation import generate_answers
 from elmtune.evaluation.items import ChoiceScore, Question
 from elmtune.evaluation.lmeval_tasks import LM_EVAL_TASKS, lmeval_question, load_hub_rows
@@ -20,6 +20,7 @@ from elmtune.evaluation.mc import mc_question
 from elmtune.evaluation.metrics import mean, mean_stderr, predict
 from elmtune.evaluation.report import MetricValue, TaskResult
 from elmtune.evaluation.scoring import LoglikelihoodScorer
+from elmtune.file_digest import sha256_file
 
 
 def _file_record(path: Path) -> list[dict[str, str]]:

@@ -8,7 +8,6 @@ are checked too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -18,22 +17,16 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from elmtune.file_digest import sha256_file
+
 MANIFEST = "manifest.json"
 _PARSE_ERRORS = (OSError, ValueError, RuntimeError, EOFError, TypeError, KeyError, pickle.UnpicklingError)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(directory: Path) -> None:
     """Write ``directory/manifest.json``: size and sha256 of every file below ``directory`` (by relative path)."""
     files = {
-        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": sha256_file(path)}
         for path in sorted(directory.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -52,7 +45,7 @@ def _manifest_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size} bytes where {size} were written"
-        if _sha256(file) != sha256:
+        if sha256_file(file) != sha256:
             return f"{name} does not match the sha256 recorded when it was written"
     return None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from elmtune.errors import ElmtuneError
+from elmtune.file_digest import update_with_file
 from elmtune.finetune.checkpoint import TrainerState
 
 MAY_CHANGE = frozenset(
@@ -69,9 +70,7 @@ def data_fingerprint(path: str) -> str | None:
     for name, file in files:
         if source.is_dir():  # a renamed or moved file changes the fingerprint of a directory
             digest.update(name.encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, file)
     return digest.hexdigest()
 
 
