@@ -281,3 +281,27 @@ def test_hub_id_goes_through_datasets(monkeypatch):
     assert calls == [("someone/alpaca-like", None, "train[:3]", "v1")]
     assert [e.output for e in examples] == [r["output"] for r in ROWS]
     assert examples[1].where == "someone/alpaca-like [train[:3]], row 2"
+
+
+@pytest.mark.parametrize("kind", ["json", "jsonl", "csv"])
+def test_a_byte_order_mark_and_crlf_line_ends_read_the_same(tmp_path, kind):
+    rows = [
+        {"instruction": "Name a colour.", "output": "Blue"},
+        {"instruction": "Say hi, \u00e9l\u00e8ve.", "output": "Hi"},
+    ]
+    plain = _write(tmp_path / f"plain.{kind}", rows, kind)
+    text = plain.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    windows = tmp_path / f"windows.{kind}"
+    windows.write_bytes(b"\xef\xbb\xbf" + text)
+    expected, _ = load_sft_examples(plain, "alpaca")
+    got, report = load_sft_examples(windows, "alpaca")
+    fields = [(e.instruction, e.input, e.output) for e in got]
+    assert fields == [(e.instruction, e.input, e.output) for e in expected] and report.valid == 2
+    assert fields[1] == ("Say hi, \u00e9l\u00e8ve.", "", "Hi")  # no BOM in the first key, no "\r" on a last field
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "c"}\n')
+    with pytest.raises(ElmtuneError, match=r"latin1.jsonl, line 2: byte 0xe9 at column 21 is not UTF-8"):
+        load_sft_examples(path, "alpaca")
