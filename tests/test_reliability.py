@@ -112,6 +112,7 @@ def _finished_run(run_dir: Path) -> None:
         adapter=AdapterConfig(r=2, alpha=4.0, dropout=0.0),
         train=TrainConfig(output_dir=str(run_dir), max_steps=2, batch_size=4, lr=1e-3, warmup=0, device="cpu"),
     )
+    _fresh_accelerator_state()
     run_training(config)
 
 
@@ -232,11 +233,16 @@ def _tree(root: Path) -> dict[str, str]:
     return tree
 
 
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """Run the ``elmtune`` entry point in-process, as a fresh process would: (exit code, stdout + stderr)."""
+def _fresh_accelerator_state() -> None:
+    """Forget accelerate's process-wide state, as a new process would: earlier tests may have set another precision."""
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # earlier in-process runs may have set another precision
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """Run the ``elmtune`` entry point in-process, as a fresh process would: (exit code, stdout + stderr)."""
+    _fresh_accelerator_state()
     monkeypatch.setattr(sys, "argv", ["elmtune", *args])
     code = 0
     try:
