@@ -6,7 +6,6 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,12 @@ from elmtune.adapters.verify import probe_batch
 from elmtune.cli.app import app, main
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 EMBEDDING = "transformer.token_embeddings.weight"
 CHECK_LINE = re.compile(
     r"merge check passed: max \|logit diff\| (\S+), mean KL (\S+), top-1 agreement (\S+)% over (\d+) positions"
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny kernels run far faster on one thread of a shared CPU
-    yield
-    torch.set_num_threads(threads)
 
 
 def trained_adapter(base: Path, out: Path, *, seed: int = 1, noise: float = 0.01, **settings: object) -> Path:

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +27,10 @@ from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
 from elmtune.cli.app import app, main
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "commonsense" / "llm_adapters"
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny kernels run far faster on one thread of a shared CPU
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

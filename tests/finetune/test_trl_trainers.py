@@ -29,6 +29,21 @@ def _tiny():
     return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny"))
 
 
+def _two_cpu_steps(output_dir) -> dict:
+    """The trainer settings both tests share: two logged steps on the CPU, nothing saved or reported."""
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "max_length": 64,
+    }
+
+
 def _lora():
     return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["qkv_proj", "out_proj", "proj_1", "proj_2"])
 
@@ -38,18 +53,7 @@ def test_sft_trainer_trains_openelm_with_a_peft_adapter(tmp_path):
 
     model = _tiny()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        max_length=64,
-        dataset_text_field="text",
-    )
+    args = trl.SFTConfig(**_two_cpu_steps(tmp_path), dataset_text_field="text")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = trl.SFTTrainer(
@@ -84,17 +88,7 @@ def test_dpo_trainer_runs_on_openelm_with_a_peft_adapter(tmp_path):
         "chosen": [" Yes, on a clear day.", " No, they use gills."],
         "rejected": [" No.", " Yes, always."],
     }
-    args = trl.DPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        max_length=64,
-    )
+    args = trl.DPOConfig(**_two_cpu_steps(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = trl.DPOTrainer(
