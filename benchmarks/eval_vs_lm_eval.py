@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-from elmtune.evaluation.commonsense import apple_question, apple_subset, load_rows
-from elmtune.evaluation.data import read_rows
-from elmtune.evaluation.lmeval_backend import lm_eval_model
-from elmtune.evaluation.lmeval_tasks import LM_EVAL_TASKS, lmeval_question
-from elmtune.evaluation.metrics import argmax, predict
+from elmtune.evaluation.data import load_rows, read_rows
+from elmtune.evaluation.lmeval import LM_EVAL_TASKS, lm_eval_model, lmeval_question
+from elmtune.evaluation.protocols import apple_question, apple_subset
+from elmtune.evaluation.report import argmax, predict
 from elmtune.evaluation.scoring import LoglikelihoodScorer
 from elmtune.models import load_model, load_tokenizer
 

@@ -53,7 +53,7 @@ if mode == "build":
                 param.add_((torch.randn(param.shape, generator=generator) * 1e-3).to(param))
     save_adapter(peft_model, adapter_dir, base_name=preset)
 elif mode == "import":
-    import elmtune.adapters.merge_run, elmtune.adapters.verify, elmtune.models  # noqa: F401
+    import elmtune.merging.run, elmtune.merging.verify, elmtune.models  # noqa: F401
 elif mode == "load":
     from elmtune.models import load_model
     model = load_model(args[0])

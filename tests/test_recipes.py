@@ -1,12 +1,19 @@
-"""Every shipped recipe loads against the run config, and Apple's recipes carry Apple's values."""
+"""Every shipped recipe loads (train recipes against the run config, build recipes against the build recipe), and
+Apple's recipes carry Apple's values."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from elmtune.build.recipe import is_build_recipe, load_build_recipe
 from elmtune.finetune.config import load_run_config
+from elmtune.recipe_yaml import read_config_file
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+BUILD_RECIPES = [p for p in RECIPES if is_build_recipe(read_config_file(p))]
+TRAIN_RECIPES = [p for p in RECIPES if p not in BUILD_RECIPES]
 
 
 def test_the_recipes_are_there():
@@ -16,6 +23,10 @@ def test_the_recipes_are_there():
             assert f"openelm-{size}-{method}-commonsense.yaml" in names
         assert f"openelm-{size}-instruct-dpo.yaml" in names
     assert "tiny-lora-commonsense.yaml" in names
+    builds = {p.name for p in BUILD_RECIPES}
+    for name in ("build-commonsense-expert", "build-assistant", "openelm-270M-instruct-sft-dpo"):
+        assert f"{name}.yaml" in builds
+    assert {"build-commonsense-expert-tiny.yaml", "build-assistant-tiny.yaml", "tiny-sft-dpo.yaml"} <= builds
 
 
 # Spec section 8: per-size epochs, learning rate and loss of OpenELM-Instruct's preference tuning.
@@ -42,7 +53,7 @@ def test_apple_instruct_values(size):
     assert t.gradient_checkpointing and t.precision == "bf16" and t.schedule == "cosine"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: p.stem)
 def test_recipe_loads(recipe):
     config = load_run_config(recipe)
     assert config.model and config.data.path
@@ -64,10 +75,58 @@ def test_apple_commonsense_values(recipe):
 
 
 def test_flags_override_yaml_and_unknown_keys_fail(tmp_path):
-    recipe = RECIPES[0]
+    recipe = TRAIN_RECIPES[0]
     c = load_run_config(recipe, {"train.lr": 1e-3, "adapter.r": 8, "data.path": "other.json"})
     assert (c.train.lr, c.adapter.r, c.data.path) == (1e-3, 8, "other.json")
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace("  grad_accum: 2", "  grad_acum: 2"))
     with pytest.raises(Exception, match="unknown train key.*grad_acum"):
         load_run_config(bad)
+
+
+@pytest.mark.parametrize("recipe", BUILD_RECIPES, ids=lambda p: p.stem)
+def test_build_recipe_loads(recipe):
+    build = load_build_recipe(recipe)
+    assert build.model and build.stages
+    if "tiny" in recipe.stem:  # the tiny variants run offline from the repository root, on the fixtures
+        assert build.model == "tiny"
+        for stage in build.stages:
+            if stage.kind in ("sft", "dpo"):
+                assert (ROOT / stage.settings.data.path).is_file()
+                assert stage.settings.train.device == "cpu" and stage.settings.train.max_steps <= 5
+
+
+def _stage(recipe: str, name: str):
+    build = load_build_recipe(ROOT / "recipes" / f"{recipe}.yaml")
+    return next(stage for stage in build.stages if stage.name == name)
+
+
+def _same_run(stage_config, recipe_config):
+    """The stage's run config and a train recipe's, apart from the run directory the build chooses."""
+    train = dataclasses.replace(stage_config.train, output_dir=recipe_config.train.output_dir)
+    return dataclasses.replace(stage_config, train=train) == recipe_config
+
+
+def test_commonsense_expert_trains_with_apples_peft_recipe():
+    sft = _stage("build-commonsense-expert", "sft")
+    assert _same_run(sft.settings, load_run_config(ROOT / "recipes" / "openelm-270M-lora-commonsense.yaml"))
+    for name in ("eval-base", "eval-tuned"):
+        assert _stage("build-commonsense-expert", name).settings.protocol == "apple"
+    assert _stage("build-commonsense-expert", "eval-tuned").adapter == "@sft"
+    assert _stage("build-commonsense-expert", "export").model == "@merge"
+
+
+def test_instruct_sft_dpo_has_apples_instruct_settings_for_the_dpo_stage():
+    apple = load_run_config(ROOT / "recipes" / "openelm-270M-instruct-dpo.yaml")
+    dpo = _stage("openelm-270M-instruct-sft-dpo", "dpo")
+    assert dpo.adapter == "@sft" and dpo.model == apple.model
+    assert dpo.settings.data == apple.data
+    assert dataclasses.replace(dpo.settings.train, output_dir=apple.train.output_dir) == apple.train
+    # the dpo stage continues the SFT adapter, whose settings are those of Apple's DPO recipe
+    assert _stage("openelm-270M-instruct-sft-dpo", "sft").settings.adapter == apple.adapter
+
+
+def test_assistant_continues_dpo_from_sft():
+    assert _stage("build-assistant", "dpo").adapter == "@sft"
+    assert _stage("build-assistant-tiny", "dpo").adapter == "@sft"
+    assert _stage("tiny-sft-dpo", "dpo").adapter == "@sft"

@@ -219,7 +219,7 @@ CASES = [
     # inspect and the command line itself
     Case("inspect: model path missing", "inspect {w}/no-such-model", 1, "does not exist"),
     Case("inspect: a file, not a model", "inspect {w}/a-file", 1, "a-file"),
-    Case("inspect: adapter config bad", "inspect tiny --adapter {w}/adapter-bad.yaml", 1, "r must be a positive"),
+    Case("inspect: adapter config bad", "inspect tiny --adapter {w}/adapter-bad.yaml", 2, "adapter.r must be int"),
     Case("unknown command", "frobnicate", 2, "No such command"),
 ]
 

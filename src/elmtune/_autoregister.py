@@ -21,6 +21,7 @@ _TRIGGERS = ("transformers.models.auto.configuration_auto", "transformers.models
 
 
 def _register() -> None:
+    """Register OpenELM with the Auto classes (imports transformers and elmtune's model classes)."""
     from elmtune.models.registration import register
 
     register()
@@ -34,9 +35,11 @@ class _TrackedLoader(importlib.abc.Loader):
         self._watcher = watcher
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        """Create the module as the wrapped loader does."""
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        """Execute the module with the wrapped loader, counting it as in progress; then let the watcher register."""
         self._watcher.depth += 1
         try:
             self._loader.exec_module(module)
@@ -53,6 +56,7 @@ class _TransformersImportWatcher(importlib.abc.MetaPathFinder):
         self._registering = False
 
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201 - importlib protocol
+        """The spec the other finders give a ``transformers.*`` module, its loader wrapped; None for anything else."""
         if not fullname.startswith("transformers.") or self._registering:
             return None
         for finder in sys.meta_path:
@@ -66,6 +70,7 @@ class _TransformersImportWatcher(importlib.abc.MetaPathFinder):
         return None
 
     def maybe_register(self) -> None:
+        """Register and remove this finder once an auto module is loaded and no transformers import is running."""
         if self.depth or self._registering or not any(name in sys.modules for name in _TRIGGERS):
             return
         self._registering = True

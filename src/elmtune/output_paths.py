@@ -7,9 +7,11 @@ Every command that writes a result (``eval``, ``export``, ``merge``, ``merge-ada
    non-empty target without ``overwrite`` is an :class:`~elmtune.errors.ElmtuneError` with a one-line message.
 2. :class:`StagedDirectory` / :class:`StagedFile` (context managers, which run the same check) create a hidden
    sibling of the target (``.NAME.partial-XXXX``) and hand it to the caller to fill.
-3. ``commit()`` moves the sibling into place; an old target (``overwrite``) is moved aside first and deleted only once
-   the new one is in place. Leaving the block without ``commit()`` (an exception, a failed check, a full disk,
-   Ctrl-C) deletes the sibling, so the target stays as it was and nothing half-written is left behind.
+3. ``commit()`` flushes the sibling's files to disk (fsync), moves the sibling into place and flushes the parent
+   directory, so the new name survives a power cut only with complete contents; an old target (``overwrite``) is
+   moved aside first and deleted only once the new one is in place. Leaving the block without ``commit()`` (an
+   exception, a failed check, a full disk, Ctrl-C) deletes the sibling, so the target stays as it was and nothing
+   half-written is left behind.
 
 A full disk, a quota, a file too large or a read-only file system while writing becomes :class:`OutputWriteError`
 (one line naming the target), after the sibling is deleted.
@@ -157,6 +159,29 @@ def removed_on_failure(partial: Path, target: Path) -> Iterator[Path]:
         raise
 
 
+def _fsync(path: Path) -> None:
+    """Flush one file's (or one directory's entries') data to disk."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a directory to flush it; its renames are durable on their own
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and directory under a directory, to disk (symbolic links are not followed)."""
+    if not path.is_dir():
+        _fsync(path)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            if not (Path(root) / name).is_symlink():
+                _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
 class _Staged:
     """What :class:`StagedDirectory` and :class:`StagedFile` share: staging, commit and cleanup."""
 
@@ -207,6 +232,7 @@ class _Staged:
             raise RuntimeError("commit() outside the with block")
         check = check_output_dir if self.is_directory else check_output_file
         check(self.target, overwrite=self.overwrite)  # something may have appeared there since the start
+        _fsync_tree(self.path)  # the contents are on disk before the name says they are complete
         old = None
         if self.is_directory and (self._where.exists() or self._where.is_symlink()):
             old = self._where.with_name(f".{self._where.name}.old-{secrets.token_hex(4)}")
@@ -218,6 +244,7 @@ class _Staged:
                 os.replace(old, self._where)
             raise
         self.path = None
+        _fsync(self._where.parent)  # the rename itself is on disk
         if old is not None:
             self._discard(old)
         return self.target

@@ -1,4 +1,4 @@
-"""Reading recipe YAML: PyYAML's safe loader, with numbers read as YAML 1.2 reads them.
+"""Reading configuration YAML (recipes, ``--config`` files): PyYAML's safe loader, with numbers read as YAML 1.2 does.
 
 PyYAML follows YAML 1.1, where ``1e-3`` (no dot) and ``1e5`` are strings; recipes write learning rates that way, so
 this loader resolves them (and ``+1.5``, ``.5e-3``) as floats, as YAML 1.2 and most users expect. It also accepts a
@@ -8,10 +8,13 @@ UTF-8 byte-order mark and CRLF line ends.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from elmtune.errors import ConfigError
 
 _FLOAT = re.compile(
     r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -43,4 +46,38 @@ def load_recipe_yaml(path: Path) -> Any:
     return yaml.load(path.read_text(encoding="utf-8-sig"), Loader=RecipeLoader)  # noqa: S506 - a SafeLoader
 
 
-__all__ = ["RecipeLoader", "load_recipe_yaml"]
+def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping at the top of a YAML configuration file (empty for an empty file).
+
+    This is the one reader of configuration files: recipes (``elmtune train --config``), adapter configs and the
+    ``--config`` files of ``elmtune eval`` and ``elmtune merge``.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``recipe``, ``adapter config``...).
+
+    Returns:
+        The top-level mapping, as a fresh ``dict``.
+
+    Raises:
+        ConfigError: The file is missing, a directory, not valid YAML, or does not hold a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{what} {path} {state}; give the path of a YAML file")
+    try:
+        data = load_recipe_yaml(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigError(f"{path} is not UTF-8 text: byte {byte:#04x} at offset {err.start}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value lines), got a {type(data).__name__}")
+    return dict(data)
+
+
+__all__ = ["RecipeLoader", "load_recipe_yaml", "read_config_file"]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from elmtune.adapters import AdapterConfig, AdapterError, build_lora_config
+from elmtune.adapters import AdapterConfig, build_lora_config
 from elmtune.adapters.config import parse_layers, parse_targets
+from elmtune.errors import ConfigError, UsageError
 
 
 def test_defaults_are_apples_recipe() -> None:
@@ -27,28 +28,30 @@ def test_frozen() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
-        ("method", "ia3", "method must be one of"),
-        ("r", 0, "r must be a positive integer"),
-        ("r", 2.5, "r must be a positive integer"),
-        ("alpha", -1, "alpha must be a positive"),
-        ("dropout", 1.0, "dropout must be in [0, 1)"),
-        ("rank_strategy", "random", "rank_strategy must be one of"),
-        ("init", "xavier", "init must be one of"),
-        ("targets", "", "targets is empty"),
-        ("layers", "3-1", "descending"),
-        ("layers", "a-b", "cannot read layers"),
-        ("use_rslora", "yes", "use_rslora must be true or false"),
+        ("method", "ia3", "adapter.method must be one of lora, dora, got 'ia3'"),
+        ("r", 0, "adapter.r must be a positive integer, got 0"),
+        ("r", 2.5, "adapter.r must be a positive integer, got 2.5"),
+        ("alpha", -1, "adapter.alpha must be a positive number, got -1"),
+        ("dropout", 1.0, "adapter.dropout must be in [0, 1), not 1.0"),
+        ("rank_strategy", "random", "adapter.rank_strategy must be one of"),
+        ("init", "xavier", "adapter.init must be one of"),
+        ("targets", "", "adapter.targets is empty"),
+        ("layers", "3-1", "adapter.layers range '3-1' is descending; write it as '1-3'"),
+        ("layers", "a-b", "cannot read adapter.layers 'a-b'"),
+        ("use_rslora", "yes", "adapter.use_rslora must be true or false, got 'yes'"),
     ],
 )
-def test_validation_messages(field: str, value: object, fragment: str) -> None:
-    with pytest.raises(AdapterError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+def test_validation_messages_name_the_key(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
         AdapterConfig(**{field: value})
+    assert fragment in str(err.value) and err.value.key == f"adapter.{field}"
+    assert isinstance(err.value, UsageError)  # the CLI exits with the usage-error code
 
 
 def test_orthogonal_init_needs_even_uniform_ranks() -> None:
-    with pytest.raises(AdapterError, match="even r"):
+    with pytest.raises(ConfigError, match="adapter.init 'orthogonal' needs an even r"):
         AdapterConfig(init="orthogonal", r=7)
-    with pytest.raises(AdapterError, match="uniform"):
+    with pytest.raises(ConfigError, match="uniform"):
         AdapterConfig(init="orthogonal", rank_strategy="budget")
     assert AdapterConfig(init="pissa_niter_4").rewrites_base
     assert not AdapterConfig(init="gaussian").rewrites_base
@@ -66,8 +69,11 @@ def test_targets_and_layers_are_normalised() -> None:
 
 
 def test_from_dict_rejects_unknown_keys() -> None:
-    with pytest.raises(AdapterError, match=r"unknown adapter config key\(s\) 'lora_r'.*known: method, r, alpha"):
+    with pytest.raises(ConfigError, match=r"unknown adapter key\(s\) 'lora_r'; known: method, r, alpha, dropout"):
         AdapterConfig.from_dict({"lora_r": 8})
+    with pytest.raises(ConfigError, match=r"^adapter.r must be int, got 'eight'$"):
+        AdapterConfig.from_dict({"r": "eight"})
+    assert AdapterConfig.from_dict({"alpha": 16, "targets": ["q"]}).alpha == 16.0  # YAML ints are floats here
 
 
 def test_dict_round_trip() -> None:
@@ -86,9 +92,9 @@ def test_from_yaml_top_level_and_recipe_section(tmp_path: Path) -> None:
     assert AdapterConfig.from_yaml(recipe) == AdapterConfig(targets=("apple",), dropout=0.0)
     bad = tmp_path / "bad.yaml"
     bad.write_text("rank: 8\n")
-    with pytest.raises(AdapterError, match=r"bad.yaml: unknown adapter config key\(s\) 'rank'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown adapter key\(s\) 'rank'"):
         AdapterConfig.from_yaml(bad)
-    with pytest.raises(AdapterError, match="does not exist"):
+    with pytest.raises(ConfigError, match="adapter config .*missing.yaml does not exist"):
         AdapterConfig.from_yaml(tmp_path / "missing.yaml")
 
 

@@ -1,4 +1,4 @@
-"""Numerical equivalences on the tiny OpenELM in fp32: init, merge, save/load, plain peft, fast DoRA vs peft's DoRA."""
+"""Numerical equivalences on the tiny OpenELM in fp32: init, save/load, plain peft, fast DoRA vs peft's DoRA."""
 
 from __future__ import annotations
 
@@ -16,19 +16,11 @@ from elmtune.adapters import (
     apply_adapter,
     build_lora_config,
     load_adapter,
-    merge_and_unload,
-    merge_state_dict,
-    read_adapter,
     save_adapter,
 )
 
 ATOL = 1e-5
 MIXED = ("q", "v", "gate", "out_proj", "proj_2")  # sub-projections and whole modules together
-
-
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 def adapted(make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], **cfg: object) -> nn.Module:
@@ -41,8 +33,10 @@ def adapted(make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], *
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_init_output_equals_base(make_tiny: Callable[..., nn.Module], ids: torch.Tensor, method: str) -> None:
-    base = logits(make_tiny(), ids)
+def test_init_output_equals_base(
+    logits_of: Callable[..., torch.Tensor], make_tiny: Callable[..., nn.Module], ids: torch.Tensor, method: str
+) -> None:
+    base = logits_of(make_tiny(), ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_adapter(
@@ -50,7 +44,7 @@ def test_init_output_equals_base(make_tiny: Callable[..., nn.Module], ids: torch
         )
         model_subs = apply_adapter(make_tiny(), AdapterConfig(method=method, targets="q,v,gate,proj_2", r=4))
     for m in (model, model_subs):
-        torch.testing.assert_close(logits(m, ids), base, atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits_of(m, ids), base, atol=ATOL, rtol=0)
         m.train()  # dropout is active, B = 0 still makes the update vanish
         with torch.no_grad():
             torch.testing.assert_close(m(input_ids=ids).logits, base, atol=ATOL, rtol=0)
@@ -69,45 +63,8 @@ def test_dora_magnitude_starts_at_row_norms(make_tiny: Callable[..., nn.Module])
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
-@pytest.mark.parametrize("targets", [MIXED, ("all",)])
-def test_merged_equals_unmerged_and_merge_is_idempotent(
-    make_tiny: Callable[..., nn.Module],
-    perturb: Callable[..., None],
-    ids: torch.Tensor,
-    tmp_path: Path,
-    method: str,
-    targets: tuple[str, ...],
-) -> None:
-    model = adapted(make_tiny, perturb, method=method, targets=targets, rank_strategy="proportional")
-    base_logits = logits(make_tiny(), ids)
-    unmerged = logits(model, ids)
-    assert (unmerged - base_logits).abs().max() > 1e-2  # the adapter does something
-    save_adapter(model, tmp_path)
-
-    # pure state-dict merge in Apple's layout, loaded into a fresh base model
-    merged_sd = merge_state_dict(make_tiny().state_dict(), read_adapter(tmp_path))
-    fresh = make_tiny()
-    assert set(merged_sd) == set(fresh.state_dict())
-    fresh.load_state_dict(merged_sd)
-    torch.testing.assert_close(logits(fresh, ids), unmerged, atol=ATOL, rtol=0)
-
-    # in-model merge (peft), twice: the second merge changes nothing
-    model.merge_adapter()
-    merged_once = logits(model, ids)
-    weights_once = {k: v.clone() for k, v in model.state_dict().items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.merge_adapter()
-    torch.testing.assert_close(merged_once, unmerged, atol=ATOL, rtol=0)
-    assert all(torch.equal(v, weights_once[k]) for k, v in model.state_dict().items())
-    plain = merge_and_unload(model)
-    assert set(plain.state_dict()) == set(merged_sd)  # Apple's fused keys again
-    for key, value in plain.state_dict().items():
-        torch.testing.assert_close(value, merged_sd[key], atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("method", ["lora", "dora"])
 def test_save_load_gives_identical_logits(
+    logits_of: Callable[..., torch.Tensor],
     make_tiny: Callable[..., nn.Module],
     perturb: Callable[..., None],
     ids: torch.Tensor,
@@ -115,10 +72,10 @@ def test_save_load_gives_identical_logits(
     method: str,
 ) -> None:
     model = adapted(make_tiny, perturb, method=method, targets=("token_embeddings", *MIXED), train_norms=True)
-    expected = logits(model, ids)
+    expected = logits_of(model, ids)
     save_adapter(model, tmp_path, base_name="tiny")
     loaded = load_adapter(make_tiny(), tmp_path)
-    assert torch.equal(logits(loaded, ids), expected)
+    assert torch.equal(logits_of(loaded, ids), expected)
     assert not any(p.requires_grad for p in loaded.parameters())
     trainable = load_adapter(make_tiny(), tmp_path, is_trainable=True)
     assert {n for n, p in trainable.named_parameters() if p.requires_grad} == {
@@ -128,6 +85,7 @@ def test_save_load_gives_identical_logits(
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_plain_peft_loads_adapters_without_sub_projections(
+    logits_of: Callable[..., torch.Tensor],
     make_tiny: Callable[..., nn.Module],
     perturb: Callable[..., None],
     ids: torch.Tensor,
@@ -136,13 +94,13 @@ def test_plain_peft_loads_adapters_without_sub_projections(
 ) -> None:
     # apple = four projections + embedding (DoRA falls back to LoRA there), with layer-wise ranks and trained norms
     model = adapted(make_tiny, perturb, method=method, targets="apple", rank_strategy="budget", train_norms=True)
-    expected = logits(model, ids)
+    expected = logits_of(model, ids)
     save_adapter(model, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = PeftModel.from_pretrained(make_tiny(), str(tmp_path))
     assert type(plain.base_model.model.transformer.layers[0].attn.qkv_proj).__module__.startswith("peft.")
-    torch.testing.assert_close(logits(plain, ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(plain, ids), expected, atol=ATOL, rtol=0)
 
 
 def _stock_and_fast(
@@ -184,10 +142,13 @@ def test_fast_dora_equals_peft_dora_without_dropout(
 
 
 def test_fast_dora_equals_peft_dora_in_eval_with_dropout(
-    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], ids: torch.Tensor
+    logits_of: Callable[..., torch.Tensor],
+    make_tiny: Callable[..., nn.Module],
+    perturb: Callable[..., None],
+    ids: torch.Tensor,
 ) -> None:
     fast, stock = _stock_and_fast(make_tiny, perturb, dropout=0.3)
-    torch.testing.assert_close(logits(fast.eval(), ids), logits(stock.eval(), ids), atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(fast.eval(), ids), logits_of(stock.eval(), ids), atol=ATOL, rtol=0)
 
 
 def test_fast_dora_under_dropout_is_corenets_formula(make_tiny: Callable[..., nn.Module]) -> None:
@@ -215,17 +176,20 @@ def test_fast_dora_under_dropout_is_corenets_formula(make_tiny: Callable[..., nn
 
 
 def test_dora_eval_cache_follows_weight_updates(
-    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], ids: torch.Tensor
+    logits_of: Callable[..., torch.Tensor],
+    make_tiny: Callable[..., nn.Module],
+    perturb: Callable[..., None],
+    ids: torch.Tensor,
 ) -> None:
     model = adapted(make_tiny, perturb, method="dora", targets="q,proj_1")
-    first = logits(model, ids)
-    assert torch.equal(logits(model, ids), first)  # cached norms reused
+    first = logits_of(model, ids)
+    assert torch.equal(logits_of(model, ids), first)  # cached norms reused
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_A" in name:
                 param.mul_(1.5)  # an in-place update, as an optimizer step makes
-    updated = logits(model, ids)
+    updated = logits_of(model, ids)
     assert not torch.equal(updated, first)
     for module in model.modules():
         getattr(module, "_caches", {}).clear()
-    torch.testing.assert_close(logits(model, ids), updated, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits_of(model, ids), updated, atol=1e-6, rtol=0)

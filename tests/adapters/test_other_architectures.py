@@ -16,11 +16,10 @@ from elmtune.adapters import (
     AdapterError,
     apply_adapter,
     load_adapter,
-    merge_state_dict,
-    read_adapter,
+    resolve_targets,
     save_adapter,
-    target_module_names,
 )
+from elmtune.merging import StateDictSource, merge_tensor, parse_adapter, read_adapter
 
 TINY = {"vocab_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
 ARCHS = {
@@ -53,40 +52,36 @@ def build(arch: str, seed: int = 0) -> nn.Module:
     return getattr(transformers, model_name)(config).eval()
 
 
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_all_linear_lora_and_dora(arch: str, method: str, tmp_path: Path) -> None:
+def test_all_linear_lora_and_dora(logits_of, arch: str, method: str, tmp_path: Path) -> None:
     ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(0))
-    base = logits(build(arch), ids)
+    base = logits_of(build(arch), ids)
     cfg = AdapterConfig(method=method, r=4, alpha=8, targets="all-linear")
-    names = target_module_names(build(arch), cfg)
+    names = resolve_targets(build(arch), cfg).names
     assert {n.rsplit(".", 1)[-1] for n in names} == EXPECTED_KINDS[arch]
     assert not any(n.startswith(("lm_head", "embed_out")) for n in names)
 
     model = apply_adapter(build(arch), cfg)
-    torch.testing.assert_close(logits(model, ids), base, atol=1e-5, rtol=0)  # B = 0: the base model
+    torch.testing.assert_close(logits_of(model, ids), base, atol=1e-5, rtol=0)  # B = 0: the base model
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or "magnitude" in name:
                 param.add_(torch.randn_like(param) * 0.1)
-    adapted = logits(model, ids)
+    adapted = logits_of(model, ids)
     assert (adapted - base).abs().max() > 1e-3
 
     save_adapter(model, tmp_path)
-    torch.testing.assert_close(logits(load_adapter(build(arch), tmp_path), ids), adapted, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits_of(load_adapter(build(arch), tmp_path), ids), adapted, atol=1e-6, rtol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = PeftModel.from_pretrained(build(arch), str(tmp_path))
-    torch.testing.assert_close(logits(plain, ids), adapted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(plain, ids), adapted, atol=1e-5, rtol=0)
 
     merged = build(arch)
-    merged.load_state_dict(merge_state_dict(build(arch).state_dict(), read_adapter(tmp_path)))
-    torch.testing.assert_close(logits(merged, ids), adapted, atol=1e-5, rtol=0)
+    source, parsed = StateDictSource(build(arch).state_dict()), parse_adapter(read_adapter(tmp_path))
+    merged.load_state_dict({key: merge_tensor(source, parsed, key, source.dtype(key)) for key in source.keys()})
+    torch.testing.assert_close(logits_of(merged, ids), adapted, atol=1e-5, rtol=0)
 
 
 def test_fingerprint_covers_other_architectures(tmp_path: Path) -> None:

@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pytest
 from torch import nn
 
-from elmtune.adapters import AdapterConfig, AdapterError, resolve_targets, target_module_names
+from elmtune.adapters import AdapterConfig, AdapterError, resolve_targets
 from elmtune.adapters.targets import layer_index
 
 LAYERS = range(4)  # the tiny preset
 
 
 def names(model: nn.Module, **cfg: object) -> list[str]:
-    return target_module_names(model, AdapterConfig(**cfg))
+    return resolve_targets(model, AdapterConfig(**cfg)).names
 
 
 @pytest.mark.parametrize(

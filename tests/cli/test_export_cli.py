@@ -97,6 +97,20 @@ def test_bad_directory_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_other_architectures_are_refused_in_one_line(tmp_path, run_main):
+    """export stays OpenELM-only: a Llama checkpoint (which merge and inspect accept) is refused, exit 1, no file."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    code, error = run_main(["export", str(tmp_path / "llama"), "--format", "gguf", "-o", str(tmp_path / "l.gguf")])
+    assert code == 1
+    assert error == f"error: {tmp_path / 'llama' / 'config.json'} has model_type 'llama'; only OpenELM can be exported"
+    assert not (tmp_path / "l.gguf").exists()
+
+
 @pytest.mark.skipif(llama_cpp_available(), reason="llama-cpp-python is installed")
 def test_check_without_llama_cpp_says_what_to_install(tiny_checkpoint, tmp_path):
     out = tmp_path / "m.gguf"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from elmtune.adapters import AdapterConfig, apply_adapter, load_adapter, save_adapter
-from elmtune.adapters.verify import probe_batch
-from elmtune.cli.app import app, main
+from elmtune.adapters import load_adapter
+from elmtune.cli.app import app
+from elmtune.merging.verify import probe_batch
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,20 +22,6 @@ EMBEDDING = "transformer.token_embeddings.weight"
 CHECK_LINE = re.compile(
     r"merge check passed: max \|logit diff\| (\S+), mean KL (\S+), top-1 agreement (\S+)% over (\d+) positions"
 )
-
-
-def trained_adapter(base: Path, out: Path, *, seed: int = 1, noise: float = 0.01, **settings: object) -> Path:
-    """An adapter as after training: B (embedding: A) and DoRA magnitudes moved away from their initial values."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_adapter(load_model(base), AdapterConfig(**settings))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(k in name for k in ("lora_B", "lora_embedding_A", "lora_magnitude_vector")):
-                param.add_(torch.randn(param.shape, generator=generator) * noise)
-    save_adapter(model, out, base_name=str(base))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +44,11 @@ def base(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lora(base: Path, root: Path) -> Path:
+def lora(trained_adapter, base: Path, root: Path) -> Path:
     """LoRA r 4 on q and v (rows of qkv_proj), out_proj and proj_1: 3 fused tensors in each of 4 layers."""
-    return trained_adapter(base, root / "lora", r=4, targets=("q", "v", "out_proj", "proj_1"))
+    return trained_adapter(
+        base, root / "lora", seed=1, scale=0.01, base_name=str(base), r=4, targets=("q", "v", "out_proj", "proj_1")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +59,7 @@ def merged(base: Path, lora: Path, root: Path) -> tuple[Path, str]:
     return root / "merged", result.output
 
 
-def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
-def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the console-script entry point; return (exit code, its error line), checking that it printed one."""
-    monkeypatch.setattr(sys, "argv", ["elmtune", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
-    return exit_info.value.code, errors[0]
-
-
-def test_merge_output_equals_the_unmerged_adapter(merged: tuple[Path, str], base: Path, lora: Path):
+def test_merge_output_equals_the_unmerged_adapter(logits_of, merged: tuple[Path, str], base: Path, lora: Path):
     out, output = merged
     report = json.loads((out / "merge_report.json").read_text())
     check = report["verification"]
@@ -132,8 +102,17 @@ def test_bf16_output_rounds_the_fp32_merge_once(base: Path, lora: Path, tmp_path
         assert torch.equal(saved[norm], original[norm].to(torch.bfloat16))  # untouched tensors: only cast
 
 
-def test_untie_embeddings_keeps_the_base_head(base: Path, tmp_path: Path):
-    adapter = trained_adapter(base, tmp_path / "embed", r=4, alpha=4, targets=("token_embeddings", "v"), noise=0.005)
+def test_untie_embeddings_keeps_the_base_head(logits_of, trained_adapter, base: Path, tmp_path: Path):
+    adapter = trained_adapter(
+        base,
+        tmp_path / "embed",
+        seed=1,
+        scale=0.005,
+        base_name=str(base),
+        r=4,
+        alpha=4,
+        targets=("token_embeddings", "v"),
+    )
     ids = torch.randint(3, 32000, (2, 12), generator=torch.Generator().manual_seed(6))
     expected = logits_of(load_adapter(load_model(base), adapter), ids)
 
@@ -171,11 +150,11 @@ def test_no_verify_skips_the_check_and_says_so(base: Path, lora: Path, tmp_path:
     assert "**not** checked" in (out / "README.md").read_text()
 
 
-def test_existing_output_is_a_one_line_error(base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys):
+def test_existing_output_is_a_one_line_error(base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys, run_main):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, err = run_main(["merge", str(base), str(lora), "-o", str(out), "--no-verify"], monkeypatch, capsys)
+    code, err = run_main(["merge", str(base), str(lora), "-o", str(out), "--no-verify"])
     assert code == 1 and "exists and is not empty; pass --overwrite" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -184,25 +163,29 @@ def test_existing_output_is_a_one_line_error(base: Path, lora: Path, tmp_path: P
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
 
 
-def test_failed_check_exits_non_zero_and_leaves_nothing(base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys):
-    from elmtune.adapters import streaming
+def test_failed_check_exits_non_zero_and_leaves_nothing(
+    base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys, run_main
+):
+    from elmtune.merging import merge
 
-    real = streaming.adapter_deltas
+    real = merge.target_delta
 
     def off_by_one_percent(*args, **kwargs):  # a merge bug: every update scaled by 1.01
-        return [type(d)(d.key, d.rows, 1.01 * d.delta, d.module) for d in real(*args, **kwargs)]
+        return 1.01 * real(*args, **kwargs)
 
-    monkeypatch.setattr(streaming, "adapter_deltas", off_by_one_percent)
+    monkeypatch.setattr(merge, "target_delta", off_by_one_percent)
     out = tmp_path / "runs" / "merged"
     for extra in ([], ["--low-memory"]):
-        code, err = run_main(["merge", str(base), str(lora), "-o", str(out), *extra], monkeypatch, capsys)
+        code, err = run_main(["merge", str(base), str(lora), "-o", str(out), *extra])
         assert code == 1 and err.startswith("error: merge check failed")
         assert re.search(r"max \|logit diff\| \S+ > 0.0001", err) and "Nothing was written" in err
         assert not out.exists() and list(out.parent.iterdir()) == []  # no partial directory either
 
 
-def test_merge_adapters_cat_is_the_weighted_sum(base: Path, lora: Path, tmp_path: Path):
-    other = trained_adapter(base, tmp_path / "other", seed=2, r=4, targets=("q", "v", "out_proj", "proj_1"))
+def test_merge_adapters_cat_is_the_weighted_sum(trained_adapter, base: Path, lora: Path, tmp_path: Path):
+    other = trained_adapter(
+        base, tmp_path / "other", seed=2, scale=0.01, base_name=str(base), r=4, targets=("q", "v", "out_proj", "proj_1")
+    )
     out = tmp_path / "combined"
     args = ["merge-adapters", str(lora), str(other), "--weights", "0.7,0.3", "--method", "cat", "-o", str(out)]
     result = runner.invoke(app, args)
@@ -227,10 +210,21 @@ def test_merge_adapters_cat_is_the_weighted_sum(base: Path, lora: Path, tmp_path
     assert report["weights"] == [0.7, 0.3] and report["exact_weighted_sum"]
 
 
-def test_merge_adapters_refuses_dora(base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys):
-    dora = trained_adapter(base, tmp_path / "dora", method="dora", r=4, targets=("q", "v", "out_proj", "proj_1"))
+def test_merge_adapters_refuses_dora(
+    trained_adapter, base: Path, lora: Path, tmp_path: Path, monkeypatch, capsys, run_main
+):
+    dora = trained_adapter(
+        base,
+        tmp_path / "dora",
+        seed=1,
+        scale=0.01,
+        base_name=str(base),
+        method="dora",
+        r=4,
+        targets=("q", "v", "out_proj", "proj_1"),
+    )
     out = tmp_path / "combined"
     argv = ["merge-adapters", str(lora), str(dora), "--weights", "0.5,0.5", "-o", str(out)]
-    code, err = run_main(argv, monkeypatch, capsys)
+    code, err = run_main(argv)
     assert code == 1 and f"{dora} is a DoRA adapter" in err and "cannot be combined" in err and "elmtune merge" in err
     assert not out.exists()

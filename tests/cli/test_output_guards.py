@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
-from elmtune.cli.app import app, main
+from elmtune.cli.app import app
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,14 +76,14 @@ COMMANDS = {
         lambda base, adapter, out: ["merge", str(base), str(adapter), "-o", str(out), "--no-verify"],
         True,
         lambda out: (out / "model.safetensors").is_file() and (out / "merge_report.json").is_file(),
-        ("elmtune.adapters.merge_run", "read_adapter"),
+        ("elmtune.merging.run", "read_adapter"),
     ),
     "merge-adapters": Command(
         "merge-adapters",
         lambda base, adapter, out: ["merge-adapters", str(adapter), "--method", "cat", "-o", str(out)],
         True,
         lambda out: (out / "adapter_model.safetensors").is_file() and (out / "combine_report.json").is_file(),
-        ("elmtune.adapters.arithmetic", "read_adapter"),
+        ("elmtune.merging.combine", "read_adapter"),
     ),
     "export": Command(
         "export",
@@ -104,19 +103,6 @@ COMMANDS = {
         ("elmtune.evaluation.runner", "load_for_eval"),
     ),
 }
-
-
-def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the console-script entry point; return (exit code, its error line), checking that it printed one line
-    and that the error was an anticipated one (an ElmtuneError, not the entry point's catch-all)."""
-    monkeypatch.setattr(sys, "argv", ["elmtune", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
-    assert "(unexpected; rerun with --debug" not in err, err
-    return exit_info.value.code, errors[0]
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -156,12 +142,12 @@ def model_arg(command: Command, base: Path) -> Path | str:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_existing_target_is_refused_before_any_work(name, base, lora, tmp_path, monkeypatch, capsys):
+def test_existing_target_is_refused_before_any_work(name, base, lora, tmp_path, monkeypatch, capsys, run_main):
     command = COMMANDS[name]
     target = target_in(tmp_path, command)
     before = previous_output(target, command.is_dir)
     forbid_heavy_work(monkeypatch, command)
-    code, err = run_main(command.argv(model_arg(command, base), lora, target), monkeypatch, capsys)
+    code, err = run_main(command.argv(model_arg(command, base), lora, target))
     assert code == 1 and str(target) in err and "pass --overwrite" in err, err
     assert snapshot(target) == before
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
@@ -211,11 +197,11 @@ class FullDisk:
 
 def fill_the_disk(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Make the lowest-level write of command ``name`` fail with ENOSPC partway through its output."""
-    if name == "merge":  # the streaming safetensors writer: ``open`` in elmtune.adapters.tensor_files
-        from elmtune.adapters import tensor_files
+    if name == "merge":  # the streaming safetensors writer: ``open`` in elmtune.merging.safetensors_writer
+        from elmtune.merging import safetensors_writer
 
         budget = [200_000]  # the header and part of the first tensors
-        monkeypatch.setattr(tensor_files, "open", lambda *a, **k: FullDisk(open(*a, **k), budget), raising=False)
+        monkeypatch.setattr(safetensors_writer, "open", lambda *a, **k: FullDisk(open(*a, **k), budget), raising=False)
     elif name == "merge-adapters":  # safetensors writes the whole file at once: half of it lands
         from safetensors.torch import save
 
@@ -251,20 +237,22 @@ def fill_the_disk(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_full_disk_leaves_the_old_target_and_no_partial_files(name, base, lora, tmp_path, monkeypatch, capsys):
+def test_full_disk_leaves_the_old_target_and_no_partial_files(
+    name, base, lora, tmp_path, monkeypatch, capsys, run_main
+):
     command = COMMANDS[name]
     target = target_in(tmp_path, command)
     before = previous_output(target, command.is_dir)
     fill_the_disk(monkeypatch, name)
     argv = [*command.argv(model_arg(command, base), lora, target), "--overwrite"]
-    code, err = run_main(argv, monkeypatch, capsys)
+    code, err = run_main(argv)
     assert code == 1 and "No space left on device" in err and str(target) in err, err
     assert snapshot(target) == before
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_target_of_the_wrong_kind_is_one_line(name, base, lora, tmp_path, monkeypatch, capsys):
+def test_target_of_the_wrong_kind_is_one_line(name, base, lora, tmp_path, monkeypatch, capsys, run_main):
     command = COMMANDS[name]
     forbid_heavy_work(monkeypatch, command)
     wrong = tmp_path / "wrong"
@@ -273,19 +261,19 @@ def test_target_of_the_wrong_kind_is_one_line(name, base, lora, tmp_path, monkey
     else:
         (wrong / "inside").mkdir(parents=True)
     before = snapshot(wrong)
-    code, err = run_main(command.argv(model_arg(command, base), lora, wrong), monkeypatch, capsys)
+    code, err = run_main(command.argv(model_arg(command, base), lora, wrong))
     assert code == 1 and str(wrong) in err
     assert ("is a file" if command.is_dir else "is a directory") in err, err
     assert snapshot(wrong) == before and sorted(p.name for p in tmp_path.iterdir()) == ["wrong"]
 
     file = tmp_path / "notes.txt"
     file.write_text("not a directory")
-    code, err = run_main(command.argv(model_arg(command, base), lora, file / "out"), monkeypatch, capsys)
+    code, err = run_main(command.argv(model_arg(command, base), lora, file / "out"))
     assert code == 1 and f"{file} is a file, not a directory" in err, err
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_read_only_parent_is_one_line(name, base, lora, tmp_path, monkeypatch, capsys):
+def test_read_only_parent_is_one_line(name, base, lora, tmp_path, monkeypatch, capsys, run_main):
     command = COMMANDS[name]
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -295,7 +283,7 @@ def test_read_only_parent_is_one_line(name, base, lora, tmp_path, monkeypatch, c
             pytest.skip("chmod does not stop this user (root) from writing")
         forbid_heavy_work(monkeypatch, command)
         target = target_in(locked, command)
-        code, err = run_main(command.argv(model_arg(command, base), lora, target), monkeypatch, capsys)
+        code, err = run_main(command.argv(model_arg(command, base), lora, target))
         assert code == 1 and f"directory {locked} is not writable" in err, err
         assert list(locked.iterdir()) == []
     finally:
@@ -303,7 +291,7 @@ def test_read_only_parent_is_one_line(name, base, lora, tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("verify", [False, True])
-def test_merge_refuses_an_adapter_module_the_model_lacks(verify, base, lora, tmp_path, monkeypatch, capsys):
+def test_merge_refuses_an_adapter_module_the_model_lacks(verify, base, lora, tmp_path, monkeypatch, capsys, run_main):
     adapter = tmp_path / "foreign"
     shutil.copytree(lora, adapter)
     tensors = load_file(adapter / "adapter_model.safetensors")
@@ -313,7 +301,7 @@ def test_merge_refuses_an_adapter_module_the_model_lacks(verify, base, lora, tmp
     save_file(tensors, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "merged"
     argv = ["merge", str(base), str(adapter), "-o", str(out), *([] if verify else ["--no-verify"])]
-    code, err = run_main(argv, monkeypatch, capsys)
+    code, err = run_main(argv)
     assert code == 1 and "module transformer.layers.9.attn.out_proj" in err and str(adapter) in err, err
     assert "does not have" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign"]  # nothing written, not even a staged copy

@@ -5,11 +5,11 @@ import pytest
 
 from elmtune.datasets import (
     IGNORE_INDEX,
+    OPENELM_INSTRUCT_CHAT_TEMPLATE,
     DataRowError,
     Message,
     PreferenceExample,
     PreferenceTokenizeConfig,
-    chat_text,
     collate_preference,
     load_preference_examples,
     tokenize_preference,
@@ -29,7 +29,11 @@ def test_prompt_is_masked_and_reply_plus_eos_is_the_target(tokenizer, pairs):
     tokenized, report = tokenize_preference(pairs[:40], tokenizer, BIG)
     assert report.kept == 40
     for pair, item in zip(pairs[:40], tokenized, strict=True):
-        prompt_ids = tokenizer(chat_text(pair.prompt, add_generation_prompt=True))["input_ids"]
+        turns = [{"role": m.role, "content": m.content} for m in pair.prompt]
+        prompt = tokenizer.apply_chat_template(
+            turns, chat_template=OPENELM_INSTRUCT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(prompt)["input_ids"]
         n = len(prompt_ids)
         for reply, ids, labels in (
             (pair.chosen, item.chosen_input_ids, item.chosen_labels),

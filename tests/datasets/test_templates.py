@@ -14,8 +14,6 @@ from elmtune.datasets import (
     PreferenceExample,
     TextExample,
     alpaca_prompt,
-    alpaca_text,
-    chat_text,
     llm_adapters_eval_prompt,
     load_sft_examples,
     render_preference,
@@ -89,7 +87,7 @@ def test_training_prompt_byte_for_byte_on_real_rows(data_dir):
     examples, _ = load_sft_examples(data_dir / "commonsense_train_sample200.json")
     for e in examples:
         expected = _fill(CORENET_NO_INPUT, instruction=e.instruction, output=e.output)
-        assert alpaca_text(e.instruction, e.output, e.input) == expected
+        assert render_sft(e).text == expected + "</s>"
         assert alpaca_prompt(e.instruction) == _fill(CORENET_NO_INPUT, instruction=e.instruction, output="")
 
 
@@ -118,18 +116,23 @@ def test_chat_template_is_apples_and_renders_like_transformers(tokenizer, data_d
     rows = [json.loads(line) for line in (data_dir / "chat_multiturn_sample.jsonl").read_text().splitlines()]
     rows.append({"messages": [{"role": "system", "content": "Be brief."}, *rows[0]["messages"]]})
     for row in rows:
-        messages = [Message(m["role"], m["content"]) for m in row["messages"]]
-        for gen in (False, True):
-            reference = tokenizer.apply_chat_template(
-                row["messages"], chat_template=OPENELM_INSTRUCT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=gen
-            )
-            assert chat_text(messages, add_generation_prompt=gen) == reference
-    assert chat_text([Message("user", "hi")], add_generation_prompt=True) == "<|user|>\nhi</s>\n<|assistant|>\n"
+        messages = tuple(Message(m["role"], m["content"]) for m in row["messages"])
+        reference = tokenizer.apply_chat_template(
+            row["messages"], chat_template=OPENELM_INSTRUCT_CHAT_TEMPLATE, tokenize=False
+        )
+        assert render_sft(ChatExample(messages), "chat").text == reference
+        last_user = max(i for i, m in enumerate(row["messages"]) if m["role"] == "user")
+        prompt = row["messages"][: last_user + 1]
+        with_generation_prompt = tokenizer.apply_chat_template(
+            prompt, chat_template=OPENELM_INSTRUCT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
+        chosen, _ = render_preference(PreferenceExample(messages[: last_user + 1], "yes", "no"))
+        assert chosen.text == with_generation_prompt + "yes</s>\n"
 
 
 def test_render_segments():
     alpaca = render_sft(InstructionExample("Q?", "the correct answer is true", answer="true"))
-    assert alpaca.text == alpaca_text("Q?", "the correct answer is true") + "</s>"
+    assert alpaca.text == _fill(CORENET_NO_INPUT, instruction="Q?", output="the correct answer is true") + "</s>"
     assert [s.text for s in alpaca.segments if s.target] == ["the correct answer is true</s>"]
 
     chat = render_sft(
@@ -143,7 +146,7 @@ def test_render_segments():
     plain = render_sft(CompletionExample("2+2=", "4"))
     assert plain.text == "2+2=4</s>" and [s.target for s in plain.segments] == [False, True]
     as_chat = render_sft(InstructionExample("Q?", "A.", input="ctx"), "chat", system_prompt="S")
-    assert as_chat.text == chat_text([Message("system", "S"), Message("user", "Q?\n\nctx"), Message("assistant", "A.")])
+    assert as_chat.text == "<|system|>\nS</s>\n<|user|>\nQ?\n\nctx</s>\n<|assistant|>\nA.</s>\n"
     with pytest.raises(ValueError, match="cannot render a TextExample"):
         render_sft(TextExample("x"), "alpaca")
     with pytest.raises(ValueError, match="unknown template"):
@@ -153,11 +156,11 @@ def test_render_segments():
 def test_render_preference_equals_full_conversation():
     pair = PreferenceExample((Message("user", "Q?"),), chosen="yes", rejected="no")
     chosen, rejected = render_preference(pair)
-    assert chosen.text == chat_text([Message("user", "Q?"), Message("assistant", "yes")])
-    assert rejected.text == chat_text([Message("user", "Q?"), Message("assistant", "no")])
+    assert chosen.text == "<|user|>\nQ?</s>\n<|assistant|>\nyes</s>\n"
+    assert rejected.text == "<|user|>\nQ?</s>\n<|assistant|>\nno</s>\n"
     assert [s.text for s in chosen.segments if s.target] == ["yes</s>"]
     chosen, _ = render_preference(pair, "alpaca")
-    assert chosen.text == alpaca_text("Q?", "yes") + "</s>"
+    assert chosen.text == _fill(CORENET_NO_INPUT, instruction="Q?", output="yes") + "</s>"
     multi = PreferenceExample((Message("user", "a"), Message("assistant", "b"), Message("user", "c")), "y", "n")
     with pytest.raises(ValueError, match="single-turn prompt"):
         render_preference(multi, "plain")

@@ -1,13 +1,12 @@
-"""Fixtures for evaluation tests: a tiny random OpenELM (fp32), the bundled tokenizer, the commonsense fixtures, and a
-naive reference scorer that runs every (context, continuation) alone, unpadded, as one full sequence."""
+"""Fixtures for evaluation tests: the commonsense fixtures and a naive reference scorer that runs every
+(context, continuation) alone, unpadded, as one full sequence."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from elmtune.evaluation.encoding import encode_request
-from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_tokenizer
+from elmtune.evaluation.rows import encode_request
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "commonsense"
 
@@ -16,17 +15,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "commonsense"
 def fixtures_dir() -> Path:
     """``tests/fixtures/commonsense``: ``llm_adapters/<task>/test.json``, ``lm_eval/<task>.jsonl``, ``mc/*.jsonl``."""
     return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    torch.manual_seed(0)
-    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).eval()
 
 
 @torch.inference_mode()
@@ -39,7 +27,7 @@ def naive_loglikelihood(model, context_ids, continuation_ids):
     return sum(float(logprobs[start + j, token]) for j, token in enumerate(continuation_ids))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def naive_scores(tiny_model, tokenizer):
     """Reference: per question, the naive log-likelihood of every (context, continuation) request."""
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from elmtune.evaluation.commonsense import apple_question, load_rows
 from elmtune.evaluation.config import EvalConfig
-from elmtune.evaluation.lmeval_backend import lm_eval_model, run_lm_eval_backend
-from elmtune.evaluation.metrics import predict
-from elmtune.evaluation.protocols import run_lm_eval_task
+from elmtune.evaluation.data import load_rows
+from elmtune.evaluation.lmeval import lm_eval_model, run_lm_eval_backend, run_lm_eval_task
+from elmtune.evaluation.protocols import apple_question
+from elmtune.evaluation.report import predict
 from elmtune.evaluation.scoring import LoglikelihoodScorer
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -68,7 +68,8 @@ LIMIT = 4
 
 
 @pytest.fixture(scope="module")
-def lm_eval_run(tiny_model, tokenizer, fixtures_dir, tmp_path_factory):
+def lm_eval_run(make_tiny, tokenizer, fixtures_dir, tmp_path_factory):
+    tiny_model = make_tiny()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     directory = tmp_path_factory.mktemp("lm_eval_tasks")
     for task, (yaml, split) in LOCAL_TASKS.items():

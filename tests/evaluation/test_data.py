@@ -1,15 +1,17 @@
-"""``--data`` resolution: LLM-Adapters directories, TASK=FILE, lm-eval file directories, aliases, clear errors."""
+"""``--data`` resolution: LLM-Adapters directories, TASK=FILE, lm-eval file directories, aliases, clear errors;
+questions are checked on construction."""
 
 import pytest
 
-from elmtune.evaluation import commonsense, lmeval_tasks
-from elmtune.evaluation.data import DataError, pick_tasks, read_rows, resolve_data
+from elmtune.evaluation import lmeval, protocols
+from elmtune.evaluation.config import EvalConfig
+from elmtune.evaluation.data import DataError, Question, load_rows, pick_tasks, read_rows, resolve_data
 
 
 def test_llm_adapters_directory_gives_the_eight_tasks_in_apple_order(fixtures_dir):
     found = resolve_data([fixtures_dir / "llm_adapters"])
-    chosen = pick_tasks(found, None, commonsense.TASK_ALIASES, commonsense.LLM_ADAPTERS_TASKS)
-    assert list(chosen) == list(commonsense.LLM_ADAPTERS_TASKS)
+    chosen = pick_tasks(found, None, protocols.TASK_ALIASES, protocols.LLM_ADAPTERS_TASKS)
+    assert list(chosen) == list(protocols.LLM_ADAPTERS_TASKS)
     assert chosen["ARC-Easy"] == fixtures_dir / "llm_adapters" / "ARC-Easy" / "test.json"
 
 
@@ -17,9 +19,9 @@ def test_aliases_and_task_equals_file(fixtures_dir):
     found = resolve_data([f"easy={fixtures_dir / 'llm_adapters' / 'ARC-Easy' / 'test.json'}"])
     assert list(found) == ["easy"]
     found = resolve_data([fixtures_dir / "llm_adapters" / "ARC-Easy" / "test.json"])  # task = folder name
-    assert pick_tasks(found, ["arc_easy"], commonsense.TASK_ALIASES, ()) == {"ARC-Easy": found["ARC-Easy"]}
+    assert pick_tasks(found, ["arc_easy"], protocols.TASK_ALIASES, ()) == {"ARC-Easy": found["ARC-Easy"]}
     lm = resolve_data([fixtures_dir / "lm_eval"])
-    chosen = pick_tasks(lm, ["ARC-Easy"], lmeval_tasks.TASK_ALIASES, ())
+    chosen = pick_tasks(lm, ["ARC-Easy"], lmeval.TASK_ALIASES, ())
     assert list(chosen) == ["arc_easy"]
 
 
@@ -35,14 +37,16 @@ def test_missing_data_is_a_one_line_error(fixtures_dir, tmp_path):
     row_error = tmp_path / "rows.json"
     row_error.write_text('[{"instruction": "x"}]')
     with pytest.raises(DataError, match="missing answer"):
-        commonsense.load_rows(row_error, "boolq")
+        load_rows(row_error, "boolq")
 
 
 def test_an_empty_file_is_an_error_not_an_empty_result(tmp_path):
-    from elmtune.evaluation.config import EvalConfig
-    from elmtune.evaluation.protocols import run_mc
-
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="no questions"):
-        run_mc(None, "empty", empty, EvalConfig(protocol="mc", data=(str(empty),)))
+        protocols.run_mc(None, "empty", empty, EvalConfig(protocol="mc", data=(str(empty),)))
+
+
+def test_a_question_needs_choices():
+    with pytest.raises(ValueError, match="gold"):
+        Question("t", 0, (("a", " b"),), 3, ("b",), (1,))

@@ -6,17 +6,19 @@ import json
 import pytest
 import torch
 
-from elmtune.adapters import AdapterConfig, apply_adapter, merge_and_unload, save_adapter
+from elmtune.adapters import AdapterConfig, apply_adapter, fuse_split_modules, save_adapter
 from elmtune.errors import ElmtuneError
 from elmtune.evaluation import EvalConfig, LoglikelihoodScorer, ModelSpec, load_for_eval, run_eval
-from elmtune.evaluation.commonsense import apple_question, apple_subset, load_rows
+from elmtune.evaluation.data import load_rows
+from elmtune.evaluation.protocols import apple_question, apple_subset
 
 LIMIT = 3
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_model, tmp_path_factory):
+def checkpoints(make_tiny, tmp_path_factory):
     """A base directory, an adapter directory (non-zero B, so it changes outputs) and the in-memory adapted model."""
+    tiny_model = make_tiny()
     root = tmp_path_factory.mktemp("ckpt")
     tiny_model.save_pretrained(root / "base")
     torch.manual_seed(3)
@@ -77,7 +79,9 @@ def test_adapter_run_with_base_comparison_writes_labelled_results(checkpoints, t
 
 def test_merged_directory_scores_like_the_unmerged_adapter(checkpoints, tokenizer, fixtures_dir, tmp_path):
     _, adapted = checkpoints
-    merge_and_unload(copy.deepcopy(adapted)).save_pretrained(tmp_path / "merged")
+    merged_model = copy.deepcopy(adapted).merge_and_unload()  # peft's own merge
+    fuse_split_modules(merged_model)  # Apple's fused keys again
+    merged_model.save_pretrained(tmp_path / "merged")
     merged, merged_tokenizer = load_for_eval(ModelSpec(str(tmp_path / "merged")), device="cpu")
     questions = _apple_questions(fixtures_dir, "boolq")
     got = LoglikelihoodScorer(merged, merged_tokenizer, progress=False).score(questions)

@@ -1,5 +1,5 @@
-"""The fast scorer: shared-prefix scores equal naive full-sequence scores, do not depend on the batch, back off on
-out-of-memory, and fall back to full rows for models that cannot take the shared-prefix layout."""
+"""The fast scorer: shared-prefix and packed scores equal naive full-sequence scores, do not depend on the batch, back
+off on out-of-memory, and fall back to full rows for models that cannot take the shared-prefix layout."""
 
 import json
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from elmtune.errors import ElmtuneError
-from elmtune.evaluation.commonsense import apple_question, load_rows
-from elmtune.evaluation.encoding import EncodedRequest
-from elmtune.evaluation.items import Question
-from elmtune.evaluation.layout import plan_rows, shared_prefix_mask
-from elmtune.evaluation.lmeval_tasks import LM_EVAL_TASKS, lmeval_question
-from elmtune.evaluation.scoring import LoglikelihoodScorer, score_questions
+from elmtune.evaluation import scoring
+from elmtune.evaluation.data import load_rows
+from elmtune.evaluation.lmeval import LM_EVAL_TASKS, lmeval_question
+from elmtune.evaluation.protocols import apple_question
+from elmtune.evaluation.rows import PACK_TOKENS, pack_rows
+from elmtune.evaluation.scoring import LoglikelihoodScorer, score_questions, supports_shared_prefix
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,14 @@ def questions(fixtures_dir):
         rows = [json.loads(line) for line in (fixtures_dir / "lm_eval" / f"{task}.jsonl").read_text().splitlines()]
         out += [lmeval_question(LM_EVAL_TASKS[task], row, i) for i, row in enumerate(rows[:3])]
     return out
+
+
+@pytest.fixture(scope="module")
+def questions_mixed(fixtures_dir):
+    """Apple questions (one context row each, long shared preamble) and lm-eval ones (choice segments)."""
+    out = [apple_question(row, "piqa") for row in load_rows(fixtures_dir / "llm_adapters/piqa/test.json", "piqa")[:4]]
+    rows = [json.loads(line) for line in (fixtures_dir / "lm_eval/arc_easy.jsonl").read_text().splitlines()[:4]]
+    return out + [lmeval_question(LM_EVAL_TASKS["arc_easy"], row, i) for i, row in enumerate(rows)]
 
 
 def _lls(scores):
@@ -48,39 +56,6 @@ def test_scores_do_not_depend_on_batch_size_or_neighbours(tiny_model, tokenizer,
     full = _lls(score_questions(tiny_model, tokenizer, list(reversed(questions)), batch_size=3, layout="full"))[::-1]
     for a, b, c in zip(one, eight, full, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4)
-
-
-def test_shared_row_layout_and_mask():
-    # Two choices sharing the context [1, 5, 6]: inputs [1,5,6,7] and [1,5,6,8,9] (continuations [7,3] and [8,9,4]).
-    requests = [EncodedRequest((1, 5, 6), (7, 3)), EncodedRequest((1, 5, 6), (8, 9, 4))]
-    (row,) = plan_rows(requests, shared=True, max_length=64)
-    assert row.tokens == (1, 5, 6, 7, 8, 9)
-    assert row.positions == (0, 1, 2, 3, 3, 4)
-    assert row.segments == (0, 0, 0, 1, 2, 2)
-    # The first continuation token of both choices is predicted by the context's last token (row index 2).
-    assert row.targets[0].positions == (2, 3) and row.targets[1].positions == (2, 4, 5)
-    mask = shared_prefix_mask(torch.tensor([list(row.segments) + [-1]]))[0, 0]
-    expected = torch.tensor(
-        [
-            [1, 0, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0, 0, 0],
-            [1, 1, 1, 0, 0, 0, 0],
-            [1, 1, 1, 1, 0, 0, 0],
-            [1, 1, 1, 0, 1, 0, 0],  # choice 2 does not see choice 1
-            [1, 1, 1, 0, 1, 1, 0],
-            [0, 0, 0, 0, 0, 0, 1],  # padding attends only to itself
-        ],
-        dtype=torch.bool,
-    )
-    assert torch.equal(mask, expected)
-
-
-def test_left_truncation_follows_lm_eval(tiny_model, tokenizer):
-    # lm-eval keeps the last max_length + 1 tokens of context + continuation and feeds all but the last.
-    requests = [EncodedRequest(tuple(range(10, 30)), (40, 41)), EncodedRequest(tuple(range(10, 30)), (42,))]
-    rows = plan_rows(requests, shared=True, max_length=8)
-    assert [r.tokens for r in rows] == [tuple(range(23, 30)) + (40,), tuple(range(22, 30))]
-    assert rows[0].targets[0].positions == (6, 7) and rows[1].targets[0].positions == (7,)
 
 
 class _OutOfMemoryAboveTwoRows(torch.nn.Module):
@@ -162,11 +137,6 @@ def test_probe_falls_back_to_full_rows_when_the_layout_is_not_honoured(tiny_llam
         assert got == pytest.approx(want, abs=2e-4, rel=1e-5)
 
 
-def test_a_question_needs_choices():
-    with pytest.raises(ValueError, match="gold"):
-        Question("t", 0, (("a", " b"),), 3, ("b",), (1,))
-
-
 def test_batch_prefix_is_encoded_once_and_reused(tiny_model, tokenizer, fixtures_dir, naive_scores, monkeypatch):
     # Every Apple prompt starts with the same preamble: a batch of them encodes it once and reuses its KV cache.
     questions = [
@@ -187,3 +157,41 @@ def test_batch_prefix_is_encoded_once_and_reused(tiny_model, tokenizer, fixtures
     assert scorer.batcher.largest_batch == 4 and prefixes == [prefixes[0]] and prefixes[0] >= 30  # one batch
     for got, want in zip(_lls(scores), naive_scores(questions), strict=True):
         assert got == pytest.approx(want, abs=2e-4, rel=1e-5)
+
+
+def test_packed_scores_equal_unpacked_and_naive(tiny_model, tokenizer, questions_mixed, naive_scores, monkeypatch):
+    rows_per_pack = []
+
+    def spy(rows, prefix, pad_id, capacity=PACK_TOKENS):
+        packed = pack_rows(rows, prefix, pad_id, capacity=200)  # small packs: several sequences per batch
+        rows_per_pack.extend(int(len(set(o.tolist()) - {-1})) for o in packed.owner)
+        return packed
+
+    monkeypatch.setattr(scoring, "pack_rows", spy)
+    scorer = LoglikelihoodScorer(tiny_model, tokenizer, batch_size=8, progress=False)
+    packed = [[s.loglikelihood for s in row] for row in scorer.score(questions_mixed)]
+    assert max(rows_per_pack) >= 2 and len(rows_per_pack) > len(questions_mixed) / 8
+    monkeypatch.undo()
+    one = _lls(score_questions(tiny_model, tokenizer, questions_mixed, batch_size=1))
+    for got, alone, want in zip(packed, one, naive_scores(questions_mixed), strict=True):
+        assert got == pytest.approx(want, abs=2e-4, rel=1e-5) and got == pytest.approx(alone, abs=1e-4)
+
+
+def test_fast_path_only_for_adapters_inside_the_layers():
+    # LoRA lives inside OpenELM's layers: the decoder can be called directly. Prompt tuning adds virtual tokens in the
+    # peft wrapper: the model is treated as unknown (probed, scored through the wrapper).
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    from elmtune.models import OpenELMConfig, OpenELMForCausalLM
+
+    config = OpenELMConfig.from_preset("tiny")
+    lora = get_peft_model(OpenELMForCausalLM(config), LoraConfig(target_modules=["qkv_proj"], r=2))
+    prompt = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=4,
+        token_dim=config.model_dim,
+        num_layers=config.num_transformer_layers,
+        num_attention_heads=4,
+    )
+    assert supports_shared_prefix(lora) is True
+    assert supports_shared_prefix(get_peft_model(OpenELMForCausalLM(config), prompt)) is None

@@ -1,5 +1,6 @@
 """Fixtures for training tests: a tiny model, the real commonsense training sample, short sequences."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,16 @@ from elmtune.finetune.config import RunConfig, TrainConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 COMMONSENSE = FIXTURES / "commonsense_train_sample200.json"
+PAIRS = FIXTURES / "ultrafeedback_binarized_sample.jsonl"
+PAIR_DATA = {
+    "path": str(PAIRS),
+    "max_length": 96,
+    "max_prompt_length": 48,
+    "limit": 12,
+    "skip_invalid": True,
+    "train_on_prompt": False,
+}
+"""A few short preference pairs (seconds per run on the tiny preset)."""
 
 
 @pytest.fixture
@@ -35,5 +46,24 @@ def make_config(tmp_path):
         return RunConfig(
             model="tiny", data=DataConfig(**data), adapter=AdapterConfig(**adapter), train=TrainConfig(**train)
         )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tmp_path_factory, trained_adapter):
+    """A saved LoRA adapter on the tiny preset with non-zero B, as after SFT (r 4, alpha 8, no dropout)."""
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    return trained_adapter(Path("tiny"), out, base_name="tiny", scale=0.2, r=4, alpha=8, dropout=0.0)
+
+
+@pytest.fixture
+def make_dpo_config(make_config):
+    """``make_dpo_config(name, **train)``: a sigmoid DPO run on :data:`PAIR_DATA` (``start_from`` may be given)."""
+
+    def make(name="dpo", start_from=None, data=None, **train):
+        settings = {"objective": "dpo", "beta": 0.5, "max_steps": 2, "lr": 2e-2, **train}
+        config = make_config(name, data={**PAIR_DATA, **(data or {})}, **settings)
+        return dataclasses.replace(config, start_from=None if start_from is None else str(start_from))
 
     return make

@@ -15,8 +15,9 @@ import torch
 from elmtune.finetune.checkpoint import (
     TrainerState,
     checkpoint_dirs,
-    latest_checkpoint,
     load_checkpoint,
+    read_rng_states,
+    restore_rng_states,
     save_checkpoint,
 )
 from elmtune.finetune.schedule import Schedule
@@ -33,8 +34,8 @@ def _parts():
 
 
 def _write_adapter(path):
-    (path / "adapter").mkdir()
-    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"stand-in")
+    path.mkdir()
+    (path / "adapter_model.safetensors").write_bytes(b"stand-in")
 
 
 def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
@@ -46,7 +47,7 @@ def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
     path = save_checkpoint(
         tmp_path,
         state,
-        write_model=_write_adapter,
+        write_adapter=_write_adapter,
         optimizer=optimizer,
         scheduler=scheduler,
         config={"train": {"lr": 0.1}},
@@ -56,6 +57,7 @@ def test_round_trip_restores_counters_optimizer_scheduler_and_rng(tmp_path):
     random.seed(0)
     np.random.seed(0)
     loaded = load_checkpoint(path)
+    restore_rng_states(*read_rng_states(path))
     assert (torch.rand(2).tolist(), random.random(), np.random.rand()) == (expected[0].tolist(), *expected[1:])
     assert loaded.state == state and loaded.config == {"train": {"lr": 0.1}}
     assert loaded.scheduler == scheduler.state_dict()
@@ -69,20 +71,25 @@ def test_keeps_only_the_last_k(tmp_path):
         save_checkpoint(
             tmp_path,
             TrainerState(step=step),
-            write_model=_write_adapter,
+            write_adapter=_write_adapter,
             optimizer=optimizer,
             scheduler=scheduler,
             config={},
             keep_last=2,
         )
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-00000003", "step-00000004"]
-    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    assert checkpoint_dirs(tmp_path)[-1].name == "step-00000004"
 
 
 def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
     _, optimizer, scheduler = _parts()
     save_checkpoint(
-        tmp_path, TrainerState(step=1), write_model=_write_adapter, optimizer=optimizer, scheduler=scheduler, config={}
+        tmp_path,
+        TrainerState(step=1),
+        write_adapter=_write_adapter,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config={},
     )
     # A second process starts writing step 2 and is SIGKILLed while inside the adapter writer.
     script = textwrap.dedent(f"""
@@ -93,21 +100,27 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_intact(tmp_path):
         p = torch.nn.Parameter(torch.zeros(1)); opt = torch.optim.AdamW([p])
         sched = Schedule(peak_lr=1e-3, total_steps=3).scheduler(opt)
         def slow_adapter(path):
+            path.mkdir()
             (path / "half-written").write_bytes(b"x" * 1000)
             print("writing", flush=True); time.sleep(60)
-        save_checkpoint(Path({str(tmp_path)!r}), TrainerState(step=2), write_model=slow_adapter,
+        save_checkpoint(Path({str(tmp_path)!r}), TrainerState(step=2), write_adapter=slow_adapter,
                         optimizer=opt, scheduler=sched, config={{}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert latest_checkpoint(tmp_path).name == "step-00000001"
-    loaded = load_checkpoint(latest_checkpoint(tmp_path), restore_rng=False)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-00000001"]
+    loaded = load_checkpoint(tmp_path / "step-00000001")
     assert loaded.state.step == 1
     # The next successful save removes the orphaned temporary directory.
     save_checkpoint(
-        tmp_path, TrainerState(step=3), write_model=_write_adapter, optimizer=optimizer, scheduler=scheduler, config={}
+        tmp_path,
+        TrainerState(step=3),
+        write_adapter=_write_adapter,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config={},
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000003"]
     assert json.loads((tmp_path / "step-00000003" / "trainer_state.json").read_text())["step"] == 3
@@ -136,5 +149,5 @@ def test_a_full_disk_during_a_checkpoint_leaves_no_partial_directory(make_config
         run_training(config)
     run_dir = config.train.output_dir
     names = sorted(p.name for p in (Path(run_dir) / "checkpoints").iterdir())
-    assert names == ["step-00000001"]  # the good checkpoint stays, no .tmp-* directory is left behind
+    assert names == ["step-00000001"]  # the good checkpoint stays, no staged directory is left behind
     assert not (Path(run_dir) / "final").exists()

@@ -43,7 +43,7 @@ def test_a_diverging_run_exits_1_with_one_line_and_saves_nothing_from_the_bad_st
     assert last.startswith("error: step 2: the loss is nan") and "diverged" in last and "--lr" in last
     assert not (out / "final").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]  # the last good step only
-    kept = load_file(str(out / "checkpoints" / "step-00000001" / "trainable.safetensors"))
+    kept = load_file(str(out / "checkpoints" / "step-00000001" / "adapter" / "adapter_model.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in kept.values())
     rows = _strict_rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1] and math.isfinite(rows[0]["loss"])
@@ -76,7 +76,7 @@ def test_metrics_writer_writes_strict_json(tmp_path):
 
 def test_evaluation_refuses_an_adapter_with_non_finite_weights(tmp_path):
     from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
-    from elmtune.evaluation.loading import ModelSpec, load_for_eval
+    from elmtune.evaluation.runner import ModelSpec, load_for_eval
     from elmtune.models import load_model
 
     model = apply_adapter(load_model("tiny"), AdapterConfig(r=2, alpha=4, targets=("v",)))
@@ -90,7 +90,7 @@ def test_evaluation_refuses_an_adapter_with_non_finite_weights(tmp_path):
 
 @pytest.mark.parametrize("value", [float("nan"), float("-inf")])
 def test_a_non_finite_log_likelihood_is_never_scored(value):
-    from elmtune.evaluation.items import ChoiceScore
+    from elmtune.evaluation.data import ChoiceScore
 
     with pytest.raises(NonFiniteError, match="log-likelihood"):
         ChoiceScore(value, 3, False)

@@ -1,19 +1,24 @@
 """The training loop: loss falls, accumulation equals the large batch, logs and run directory, exact resume."""
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from elmtune.datasets import prepare_data
 from elmtune.errors import ElmtuneError
 from elmtune.finetune.run import run_training
 from elmtune.finetune.run_log import read_metrics
+from elmtune.models import load_model, load_tokenizer
 
 
 def _adapter(run_dir):
@@ -37,6 +42,7 @@ def test_loss_falls_and_run_directory_describes_itself(make_config):
     ckpt = run / "checkpoints" / "step-00000012"
     for name in ("adapter", "optimizer.pt", "scheduler.json", "rng-rank0.pt", "trainer_state.json", "config.yaml"):
         assert (ckpt / name).exists(), name
+    assert not (ckpt / "trainable.safetensors").exists()  # the adapter is saved once, in adapter/
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 12
 
 
@@ -57,8 +63,56 @@ def test_epoch_column_counts_batches_across_epoch_boundaries(make_config):
 
 
 def test_packed_training_runs_and_counts_the_same_targets(make_config):
-    result = run_training(make_config("packed", data={"packing": True, "max_length": 128}, max_steps=2))
-    assert result.steps == 2 and result.last_loss > 0
+    # 8 examples packed into at most 8 rows: step 1 is one batch holding every target token once, computed on the
+    # initial model, which is the base model (LoRA's B starts at zero). Its loss must be the mean cross-entropy over
+    # the target tokens of the 8 examples, each run alone through the base model.
+    data = {"packing": True, "max_length": 128, "limit": 8}
+    config = make_config("packed", data=data, batch_size=8, max_steps=2)
+    result = run_training(config)
+    assert result.steps == 2
+    rows = [r for r in read_metrics(result.metrics_path) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    examples = prepare_data(dataclasses.replace(config.data, packing=False), load_tokenizer("tiny")).train
+    assert len(examples) == 8
+    base = load_model("tiny").eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for example in examples:
+            ids = torch.as_tensor(example.input_ids, dtype=torch.long)[None]  # (1, L)
+            targets = torch.as_tensor(example.labels, dtype=torch.long)[1:]  # (L-1,): position t predicts t+1
+            logits = base(input_ids=ids).logits[0, :-1].double()  # (L-1, V)
+            keep = targets != -100
+            total += float(torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum"))
+            count += int(keep.sum())
+    assert rows[0]["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert rows[1]["loss"] < rows[0]["loss"]  # the same batch again, after one update
+
+
+@pytest.mark.parametrize(
+    ("adapter", "kinds"),
+    [
+        ({"method": "dora", "train_norms": True, "dropout": 0.1}, ("lora_magnitude_vector", "attn_norm.weight")),
+        ({"init": "pissa"}, ("lora_A", "lora_B")),
+    ],
+    ids=["dora-magnitudes-and-norms", "pissa"],
+)
+def test_resume_restores_every_trainable_tensor_from_the_adapter_directory(make_config, adapter, kinds):
+    # DoRA magnitudes and trained norms (modules_to_save) are trainable tensors besides LoRA's A and B; PiSSA's
+    # adapter is saved converted to plain LoRA on the original base. Resume reads them from checkpoint/adapter/.
+    config = make_config("resumed", max_steps=4, save_every=2, keep_last=10, adapter=adapter)
+    run_training(config)
+    run_dir = Path(config.train.output_dir)
+    whole = _adapter(run_dir)
+    assert all(any(kind in k for k in whole) for kind in kinds)
+    checkpoint = run_dir / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in checkpoint.iterdir() if p.suffix in ("", ".safetensors")) == ["adapter"]
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000004")
+    shutil.rmtree(run_dir / "final")
+    run_training(config, resume=True)
+    again = _adapter(run_dir)
+    assert whole.keys() == again.keys()
+    for key in whole:
+        assert torch.equal(whole[key], again[key]), key
 
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(make_config):

@@ -1,10 +1,12 @@
 """Recipe YAML is read as users write it: scientific notation without a dot is a number, a BOM and CRLF are fine."""
 
+import pytest
 import yaml
 
 from elmtune.adapters import AdapterConfig
+from elmtune.errors import ConfigError
 from elmtune.finetune.config import load_run_config
-from elmtune.recipe_yaml import load_recipe_yaml
+from elmtune.recipe_yaml import load_recipe_yaml, read_config_file
 
 RECIPE = """model: tiny
 adapter:
@@ -37,3 +39,33 @@ def test_quoted_numbers_stay_strings_and_plain_yaml_still_parses(tmp_path):
     quoted = tmp_path / "quoted.yaml"
     quoted.write_text("name: '1e-3'\nother: 1e\n")
     assert load_recipe_yaml(quoted) == {"name": "1e-3", "other": "1e"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "config file {path} is a directory, not a file"),
+        ("a: [1,\n", "{path} is not valid YAML: "),
+        ("- 1\n- 2\n", "{path} must hold a mapping of settings (key: value lines), got a list"),
+        (b"a: \xff\n", "{path} is not UTF-8 text: byte 0xff at offset 3"),
+    ],
+    ids=["directory", "invalid yaml", "not a mapping", "not utf-8"],
+)
+def test_unreadable_config_files_are_one_line_config_errors(tmp_path, content, message):
+    path = tmp_path / "settings.yaml"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value).startswith(message.format(path=path)) and "\n" not in str(err.value)
+    assert read_config_file(_empty(tmp_path)) == {}
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    return path

@@ -129,8 +129,8 @@ def test_extended_run_keeps_training_on_the_stretched_schedule(make_config, fini
 
 
 def _truncate(path: Path) -> None:
-    data = (path / "trainable.safetensors").read_bytes()
-    (path / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+    weights = path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
 def _remove_optimizer(path: Path) -> None:
@@ -200,7 +200,7 @@ def test_every_rank_has_its_own_rng_states(tmp_path):
     path = save_checkpoint(
         tmp_path,
         TrainerState(step=1),
-        write_model=lambda d: None,
+        write_adapter=lambda d: None,
         optimizer=optimizer,
         scheduler=scheduler,
         config={},

@@ -1,4 +1,4 @@
-"""Fixtures for model tests: a tiny random OpenELM in fp32, and a naive reference forward.
+"""Fixtures for model tests: a naive reference forward (the tiny model comes from ``tests/conftest.py``).
 
 The reference is deliberately naive and written from the spec (sections 3-5): it works on a plain state_dict and a
 config, with explicit loops over heads, a dense causal mask, a chain of small RMSNorm ops and repeat_interleave for
@@ -9,14 +9,6 @@ import math
 
 import pytest
 import torch
-
-from elmtune.models import OpenELMConfig, OpenELMForCausalLM
-
-
-@pytest.fixture
-def tiny_model():
-    torch.manual_seed(0)
-    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).eval()
 
 
 @pytest.fixture

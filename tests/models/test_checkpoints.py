@@ -9,7 +9,31 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM
-from elmtune.models.configuration import APPLE_CONFIG_FIELDS
+
+# The fields of Apple's configuration_openelm.OpenELMConfig (num_kv_heads is derived and saved as well).
+APPLE_CONFIG_FIELDS = (
+    "vocab_size",
+    "max_context_length",
+    "num_transformer_layers",
+    "model_dim",
+    "head_dim",
+    "qkv_multipliers",
+    "num_query_heads",
+    "num_gqa_groups",
+    "ffn_multipliers",
+    "ffn_with_glu",
+    "ffn_dim_divisor",
+    "activation_fn_name",
+    "normalization_layer_name",
+    "normalize_qk_projections",
+    "share_input_output_layers",
+    "rope_freq_constant",
+    "rope_max_length",
+    "initializer_range",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+)
 
 APPLE_KEYS_PER_LAYER = (
     "attn_norm.weight",

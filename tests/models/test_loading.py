@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from elmtune.errors import ModelNotFoundError
-from elmtune.models import OpenELMForCausalLM, load_model, resolve_dtype
+from elmtune.models import OpenELMForCausalLM, load_model
 
 
 def test_preset_builds_random_weights_in_requested_dtype():
@@ -32,12 +32,6 @@ def test_offline_hub_id_gives_one_line_actionable_error(monkeypatch):
 def test_directory_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         load_model(tmp_path)
-
-
-def test_resolve_dtype():
-    assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("auto") is None
-    with pytest.raises(ValueError, match="unknown dtype"):
-        resolve_dtype("int3")
 
 
 def test_preset_weights_are_deterministic_and_leave_the_callers_rng_alone():

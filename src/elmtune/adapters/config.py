@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from elmtune.errors import ElmtuneError
+from elmtune.config_mapping import require, section_from_mapping, section_to_dict
+from elmtune.errors import ConfigError, ElmtuneError
+from elmtune.recipe_yaml import read_config_file
 
 Method = Literal["lora", "dora"]
 RankStrategy = Literal["uniform", "proportional", "budget"]
@@ -30,7 +32,15 @@ _LAYER_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 
 class AdapterError(ElmtuneError):
-    """A user mistake in an adapter config, a target or an adapter directory (one-line message)."""
+    """A user mistake in a target or an adapter directory (one-line message); invalid settings raise ConfigError."""
+
+
+def _bad_layers(message: str) -> ConfigError:
+    return ConfigError(message, key="adapter.layers")
+
+
+def _bad_targets(message: str) -> ConfigError:
+    return ConfigError(message, key="adapter.targets")
 
 
 def parse_layers(spec: str | int | Iterable[int] | None) -> tuple[int, ...] | None:
@@ -43,13 +53,13 @@ def parse_layers(spec: str | int | Iterable[int] | None) -> tuple[int, ...] | No
         Sorted layer indices, or ``None`` for all layers.
 
     Raises:
-        AdapterError: On a malformed spec, a negative index or a descending range.
+        ConfigError: On a malformed spec, a negative index or a descending range (key ``adapter.layers``).
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
         return None
     indices: list[int] = []
     if isinstance(spec, bool):
-        raise AdapterError(f"layers must be a range like '8-15' or a list of indices, not {spec!r}")
+        raise _bad_layers(f"adapter.layers must be a range like '8-15' or a list of indices, not {spec!r}")
     if isinstance(spec, int):
         indices = [spec]
     elif isinstance(spec, str):
@@ -59,41 +69,45 @@ def parse_layers(spec: str | int | Iterable[int] | None) -> tuple[int, ...] | No
             if match:
                 start, stop = int(match.group(1)), int(match.group(2))
                 if stop < start:
-                    raise AdapterError(f"layer range '{part}' is descending; write it as '{stop}-{start}'")
+                    raise _bad_layers(f"adapter.layers range '{part}' is descending; write it as '{stop}-{start}'")
                 indices.extend(range(start, stop + 1))
             elif part.isdigit():
                 indices.append(int(part))
             else:
-                raise AdapterError(f"cannot read layers {spec!r}: use a range '8-15', a list '0,2,5-7' or [0, 2]")
+                raise _bad_layers(f"cannot read adapter.layers {spec!r}: use a range '8-15', a list '0,2,5-7' or [0,2]")
     else:
         try:
             indices = [int(i) for i in spec]
         except (TypeError, ValueError):
-            raise AdapterError(f"layers must be a range like '8-15' or a list of indices, not {spec!r}") from None
+            raise _bad_layers(f"adapter.layers must be a range like '8-15' or a list of indices: {spec!r}") from None
     if any(i < 0 for i in indices):
-        raise AdapterError(f"layer indices must be >= 0, got {spec!r}")
+        raise _bad_layers(f"adapter.layers indices must be >= 0, got {spec!r}")
     if not indices:
-        raise AdapterError("layers is empty; leave it out to adapt every layer")
+        raise _bad_layers("adapter.layers is empty; leave it out to adapt every layer")
     return tuple(sorted(set(indices)))
 
 
 def parse_targets(spec: str | Iterable[str]) -> tuple[str, ...]:
-    """Normalise targets: ``"q,v"`` or ``["q", "v"]`` -> ``("q", "v")``; a ``re:`` item is kept whole."""
+    """Normalise targets: ``"q,v"`` or ``["q", "v"]`` -> ``("q", "v")``; a ``re:`` item is kept whole.
+
+    Raises:
+        ConfigError: Not names, or none (key ``adapter.targets``).
+    """
     if isinstance(spec, str):
         items = [spec] if spec.strip().startswith("re:") else spec.split(",")
     elif isinstance(spec, (list, tuple)):
         items = list(spec)
     else:
-        raise AdapterError(f"targets must be a list of names (or one comma-separated string), got {spec!r}")
+        raise _bad_targets(f"adapter.targets must be a list of names (or one comma-separated string), got {spec!r}")
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise AdapterError(f"targets must be names or 're:<regex>' strings, got {item!r}")
+            raise _bad_targets(f"adapter.targets must be names or 're:<regex>' strings, got {item!r}")
         item = item.strip()
         if item and item not in out:
             out.append(item)
     if not out:
-        raise AdapterError("targets is empty: give a preset (attn, mlp, all, apple, all-linear) or module names")
+        raise _bad_targets("adapter.targets is empty: give presets (attn, mlp, all, apple, all-linear) or module names")
     return tuple(out)
 
 
@@ -133,27 +147,40 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", parse_targets(self.targets))
         object.__setattr__(self, "layers", parse_layers(self.layers))
-        if self.method not in METHODS:
-            raise AdapterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise AdapterError(f"r must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise AdapterError(f"alpha must be a positive number, got {self.alpha!r}")
+        num = (int, float)
+        require(
+            "adapter",
+            [
+                (self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}"),
+                (_is(self.r, int) and self.r > 0, "r", f"must be a positive integer, got {self.r!r}"),
+                (_is(self.alpha, num) and self.alpha > 0, "alpha", f"must be a positive number, got {self.alpha!r}"),
+                (_is(self.dropout, num) and 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), not {self.dropout}"),
+                (
+                    self.rank_strategy in RANK_STRATEGIES,
+                    "rank_strategy",
+                    f"must be one of {', '.join(RANK_STRATEGIES)}, got {self.rank_strategy!r}",
+                ),
+                (
+                    self.init in INITS or bool(_PISSA_NITER.match(str(self.init))),
+                    "init",
+                    f"must be one of {', '.join(INITS)} or pissa_niter_N, got {self.init!r}",
+                ),
+                (
+                    self.init != "orthogonal" or not _is(self.r, int) or self.r % 2 == 0,
+                    "init",
+                    f"'orthogonal' needs an even r, got {self.r}",
+                ),
+                (
+                    self.init != "orthogonal" or self.rank_strategy == "uniform",
+                    "init",
+                    "'orthogonal' needs even ranks in every module; use rank_strategy uniform with it",
+                ),
+                (isinstance(self.use_rslora, bool), "use_rslora", f"must be true or false, got {self.use_rslora!r}"),
+                (isinstance(self.train_norms, bool), "train_norms", f"must be true or false, got {self.train_norms!r}"),
+            ],
+        )
         object.__setattr__(self, "alpha", float(self.alpha))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise AdapterError(f"dropout must be in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        if self.rank_strategy not in RANK_STRATEGIES:
-            raise AdapterError(f"rank_strategy must be one of {', '.join(RANK_STRATEGIES)}, got {self.rank_strategy!r}")
-        if self.init not in INITS and not _PISSA_NITER.match(str(self.init)):
-            raise AdapterError(f"init must be one of {', '.join(INITS)} or pissa_niter_N, got {self.init!r}")
-        if self.init == "orthogonal" and self.r % 2:
-            raise AdapterError(f"init 'orthogonal' needs an even r, got {self.r}")
-        if self.init == "orthogonal" and self.rank_strategy != "uniform":
-            raise AdapterError("init 'orthogonal' needs even ranks in every module; use rank_strategy uniform with it")
-        for name in ("use_rslora", "train_norms"):
-            if not isinstance(getattr(self, name), bool):
-                raise AdapterError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def rewrites_base(self) -> bool:
@@ -165,48 +192,33 @@ class AdapterConfig:
         """Build from a mapping (e.g. parsed YAML); unknown keys are an error.
 
         Raises:
-            AdapterError: Unknown keys or invalid values.
+            ConfigError: Unknown keys or invalid values, named as ``adapter.<key>``.
         """
-        if not isinstance(data, Mapping):
-            raise AdapterError(f"an adapter config must be a mapping of settings, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            names = ", ".join(map(repr, unknown))
-            raise AdapterError(f"unknown adapter config key(s) {names}; known: {', '.join(known)}")
-        return cls(**dict(data))
+        return section_from_mapping(cls, data, "adapter")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> AdapterConfig:
         """Read a YAML file whose top level holds the fields, or an ``adapter:`` section of a run recipe.
 
         Raises:
-            AdapterError: Missing or unreadable file, unknown keys or invalid values.
+            ConfigError: Missing or unreadable file, unknown keys or invalid values; the message starts with the path.
         """
-        import yaml
-
-        from elmtune.recipe_yaml import load_recipe_yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise AdapterError(f"adapter config {path} does not exist")
-        try:
-            data = load_recipe_yaml(path) or {}
-        except yaml.YAMLError as err:
-            raise AdapterError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if isinstance(data, Mapping) and isinstance(data.get("adapter"), Mapping):
+        data = read_config_file(path, "adapter config")
+        if isinstance(data.get("adapter"), Mapping):
             data = data["adapter"]
         try:
             return cls.from_dict(data)
-        except AdapterError as err:
-            raise AdapterError(f"{path}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}", key=err.key) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready values (lists, not tuples); ``from_dict(to_dict())`` gives an equal config."""
-        out = asdict(self)
-        out["targets"] = list(self.targets)
-        out["layers"] = list(self.layers) if self.layers is not None else None
-        return out
+        return section_to_dict(self)
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """``isinstance`` that does not take ``True``/``False`` for numbers."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 __all__ = ["AdapterConfig", "AdapterError", "parse_layers", "parse_targets"]

@@ -11,52 +11,13 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-import torch
 from rich.table import Table
-from torch import nn
 
 from elmtune.adapters.apply import apply_adapter
 from elmtune.adapters.config import AdapterConfig, AdapterError
 from elmtune.adapters.io import attach_adapter_from_dir
 from elmtune.adapters.state import ParameterReport, trainable_parameter_report
-from elmtune.errors import ModelNotFoundError
-
-
-def build_meta_model(name: str) -> nn.Module:
-    """A model with the shapes of ``name`` (preset, local directory or cached hub id) on the meta device.
-
-    Raises:
-        ModelNotFoundError: Unknown name, or a hub id that is not in the local cache and is not an Apple preset.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from elmtune.models import OpenELMConfig, OpenELMForCausalLM, register
-    from elmtune.models.presets import PRESETS, preset_name
-
-    register()
-    path = Path(name).expanduser()
-    config = None
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"'{name}' has no config.json; is it a model directory?")
-        config = AutoConfig.from_pretrained(str(path))
-    elif "/" in name:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name, "config.json")
-        if isinstance(cached, str):
-            config = AutoConfig.from_pretrained(str(Path(cached).parent))
-    if config is None:
-        if preset_name(name) is None:
-            presets = ", ".join(PRESETS)
-            raise ModelNotFoundError(
-                f"unknown model '{name}': give a preset ({presets}), an apple/OpenELM-* hub id or a directory"
-            )
-        config = OpenELMConfig.from_preset(name)
-    with torch.device("meta"):
-        if config.model_type == "openelm":
-            return OpenELMForCausalLM(config)
-        return AutoModelForCausalLM.from_config(config)
+from elmtune.models.describe import build_meta_model
 
 
 def adapter_report(model_name: str, config_or_dir: str | Path) -> ParameterReport:
@@ -82,8 +43,18 @@ def adapter_report(model_name: str, config_or_dir: str | Path) -> ParameterRepor
 
 
 def report_table(report: ParameterReport, title: str = "") -> Table:
-    """A rich table: one row per layer with the rank of each adapted module kind and the layer's trainable
-    parameters, rows for modules outside the blocks, and the totals."""
+    """The adapter's ranks and trainable parameters as a rich table.
+
+    One row per layer with the rank of each adapted module kind and the layer's trainable parameters, rows for modules
+    outside the blocks, and the totals.
+
+    Args:
+        report: The report to show (see :func:`adapter_report`).
+        title: Table title (none when empty).
+
+    Returns:
+        The table.
+    """
     by_layer = report.by_layer()
     kinds = list(dict.fromkeys(m.kind for m in report.modules if m.layer is not None and m.rank))
     table = Table(title=title or None)
@@ -124,4 +95,4 @@ def describe_adapter(model_name: str, config_or_dir: str | Path) -> Table:
     return report_table(report, title=f"adapter {config_or_dir} on {model_name}")
 
 
-__all__ = ["adapter_report", "build_meta_model", "describe_adapter", "report_table"]
+__all__ = ["adapter_report", "describe_adapter", "report_table"]

@@ -131,25 +131,42 @@ class ElmLoraLinear(PeftLoraLinear):
 
     @property
     def lora_variants(self) -> dict[tuple[str, ...], Any]:
+        """The peft variant table, with DoRA served by :class:`FastDoraLinearVariant`."""
         variants = dict(super().lora_variants)
         variants[("use_dora",)] = FastDoraLinearVariant
         return variants
 
     def _clear_dora_caches(self) -> None:
+        """Drop the cached base row norms and DoRA row norms (the weights they were computed from change)."""
         self._caches.pop(_WSQ_KEY, None)
         self._caches.pop(_NORM_KEY, None)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Merge into the base weight (peft's merge), with the DoRA norm caches cleared around it.
+
+        Args:
+            safe_merge: Check the merged weight for NaN/inf before writing it (peft's option).
+            adapter_names: Adapters to merge (default: the active ones).
+        """
         self._clear_dora_caches()
         super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
         self._clear_dora_caches()
 
     def unmerge(self) -> None:
+        """Unmerge from the base weight (peft's unmerge), with the DoRA norm caches cleared around it."""
         self._clear_dora_caches()
         super().unmerge()
         self._clear_dora_caches()
 
     def train(self, mode: bool = True) -> ElmLoraLinear:
+        """Switch train/eval mode; the eval-only DoRA row-norm cache is dropped.
+
+        Args:
+            mode: True for training, False for evaluation.
+
+        Returns:
+            This layer.
+        """
         self._caches.pop(_NORM_KEY, None)
         return super().train(mode)
 
@@ -167,6 +184,7 @@ class ElmLoraEmbedding(PeftLoraEmbedding):
 
     @property
     def lora_variants(self) -> dict[tuple[str, ...], Any]:
+        """The peft variant table without DoRA, so a DoRA config gives this embedding plain LoRA."""
         variants = dict(super().lora_variants)
         variants[("use_dora",)] = None
         return variants

@@ -60,13 +60,16 @@ class RowSplitLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """Input width, shared by every block."""
         return self._block_weight(self.block_names[0]).shape[1]
 
     @property
     def out_features(self) -> int:
+        """Output width: the rows of all blocks together."""
         return sum(self._block_weight(name).shape[0] for name in self.block_names)
 
     def _block_weight(self, name: str) -> torch.Tensor:
+        """The (rows_b, in) weight of block ``name``, under a peft layer if it carries one."""
         module = getattr(self, name)
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         return base.weight
@@ -81,7 +84,7 @@ class RowSplitLinear(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., in) -> (..., out): each block gives (..., rows_b); concatenated in row order.
+        """The fused output (..., out) of ``x`` (..., in): each block gives (..., rows_b), concatenated in row order."""
         return torch.cat([getattr(self, name)(x) for name in self.block_names], dim=-1)
 
     def to_linear(self) -> nn.Linear:
@@ -102,6 +105,7 @@ class RowSplitLinear(nn.Module):
         return fused
 
     def extra_repr(self) -> str:
+        """The blocks and their rows, for ``repr(model)``."""
         return ", ".join(f"{name}={start}:{stop}" for name, (start, stop) in self.row_ranges().items())
 
 

@@ -31,7 +31,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 METADATA_FILE = "elmtune_adapter.json"
 METADATA_FORMAT = "elmtune-adapter"
 METADATA_VERSION = 1
-_PREFIX = "base_model.model."
+PEFT_KEY_PREFIX = "base_model.model."
+"""The prefix peft gives every key of a saved adapter's tensors."""
 _COMPAT_SUFFIX = ".lora_magnitude_vector"
 
 
@@ -143,7 +144,7 @@ def _embedding_compat_magnitudes(model: PeftModel, adapter: str) -> dict[str, to
                     lora_B=module.lora_embedding_B[adapter],
                     scaling=module.scaling[adapter],
                 )
-            out[f"{_PREFIX}{name}{_COMPAT_SUFFIX}"] = layer.weight.detach().float()
+            out[f"{PEFT_KEY_PREFIX}{name}{_COMPAT_SUFFIX}"] = layer.weight.detach().float()
     return out
 
 
@@ -195,14 +196,21 @@ def save_adapter(model: PeftModel, out_dir: str | Path, *, base_name: str | None
         "adapter_config": state.config.to_dict() if state.config is not None else None,
         "row_blocks": row_blocks_of(base),
         "converted_init": state.config.init if state.initial and state.config is not None else None,
-        "dora_embedding_as_lora": sorted(k[len(_PREFIX) : -len(_COMPAT_SUFFIX)] for k in compat),
+        "dora_embedding_as_lora": sorted(k[len(PEFT_KEY_PREFIX) : -len(_COMPAT_SUFFIX)] for k in compat),
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return out
 
 
 def read_metadata(adapter_dir: str | Path) -> dict[str, Any] | None:
-    """elmtune's metadata of an adapter directory, or None for an adapter saved by plain peft."""
+    """Read the elmtune metadata of an adapter directory.
+
+    Returns:
+        The metadata, or None for an adapter saved by plain peft.
+
+    Raises:
+        AdapterError: The file is not elmtune adapter metadata, or was written by a newer format version.
+    """
     path = Path(adapter_dir) / METADATA_FILE
     if not path.is_file():
         return None
@@ -259,6 +267,58 @@ def attach_adapter_from_dir(
     return model, metadata
 
 
+def _set_saved_tensors(
+    model: PeftModel, adapter_dir: str | Path, metadata: dict[str, Any] | None, adapter_name: str
+) -> None:
+    """Copy the tensors saved in ``adapter_dir`` into adapter ``adapter_name`` of ``model``; every one must fit.
+
+    Raises:
+        AdapterError: A tensor of another shape, one the model lacks, or an adapter parameter left without a value.
+    """
+    from elmtune.models.checkpoint_files import read_safetensors
+
+    tensors = read_safetensors(Path(adapter_dir) / WEIGHTS_FILE)
+    for name in (metadata or {}).get("dora_embedding_as_lora", []):
+        tensors.pop(f"{PEFT_KEY_PREFIX}{name}{_COMPAT_SUFFIX}", None)
+    try:
+        result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    except RuntimeError as err:
+        raise AdapterError(f"adapter {adapter_dir} does not fit this model: {str(err).splitlines()[0]}") from None
+    if result.unexpected_keys:
+        raise AdapterError(f"adapter {adapter_dir} has weights this model lacks: {result.unexpected_keys[0]}")
+    expected = {
+        n
+        for n, _ in model.named_parameters()
+        if ("lora_" in n and f".{adapter_name}" in n) or f".modules_to_save.{adapter_name}." in n
+    }
+    missing = sorted(expected & set(result.missing_keys))
+    if missing:
+        raise AdapterError(f"adapter {adapter_dir} lacks weights for {missing[0]}")
+
+
+def load_frozen_copy(model: PeftModel, adapter_dir: str | Path, adapter_name: str) -> None:
+    """Add the adapter saved in ``adapter_dir`` to ``model`` a second time, frozen, as adapter ``adapter_name``.
+
+    ``model`` must hold that same adapter already (from :func:`load_adapter`): the copy takes its peft config. The
+    active adapter and every other parameter's ``requires_grad`` are left as they were. A preference run that
+    continues from an SFT adapter uses the copy as its reference (one extra adapter, not a second base model).
+
+    Raises:
+        AdapterError: The saved tensors do not fit the model's adapter.
+    """
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    config.inference_mode = True
+    config._register_custom_module(custom_module_mapping())
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    model.add_adapter(adapter_name, config)
+    _set_saved_tensors(model, adapter_dir, read_metadata(adapter_dir), adapter_name)
+    for param, flag in flags:
+        param.requires_grad_(flag)
+    for name, param in model.named_parameters():
+        if f".{adapter_name}." in name or name.endswith(f".{adapter_name}"):
+            param.requires_grad_(False)
+
+
 def load_adapter(
     base_model: nn.Module, adapter_dir: str | Path, *, is_trainable: bool = False, adapter_name: str = "default"
 ) -> PeftModel:
@@ -281,25 +341,7 @@ def load_adapter(
             (the message names the first mismatching layer), or tensors that do not fit.
     """
     model, metadata = attach_adapter_from_dir(base_model, adapter_dir, adapter_name=adapter_name)
-    from elmtune.models.checkpoint_files import read_safetensors
-
-    tensors = read_safetensors(Path(adapter_dir) / WEIGHTS_FILE)
-    for name in (metadata or {}).get("dora_embedding_as_lora", []):
-        tensors.pop(f"{_PREFIX}{name}{_COMPAT_SUFFIX}", None)
-    try:
-        result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
-    except RuntimeError as err:
-        raise AdapterError(f"adapter {adapter_dir} does not fit this model: {str(err).splitlines()[0]}") from None
-    if result.unexpected_keys:
-        raise AdapterError(f"adapter {adapter_dir} has weights this model lacks: {result.unexpected_keys[0]}")
-    expected = {
-        n
-        for n, _ in model.named_parameters()
-        if ("lora_" in n and f".{adapter_name}" in n) or f".modules_to_save.{adapter_name}." in n
-    }
-    missing = sorted(expected & set(result.missing_keys))
-    if missing:
-        raise AdapterError(f"adapter {adapter_dir} lacks weights for {missing[0]}")
+    _set_saved_tensors(model, adapter_dir, metadata, adapter_name)
     if not is_trainable:
         model.eval()
         for param in model.parameters():
@@ -310,6 +352,7 @@ def load_adapter(
 __all__ = [
     "CONFIG_FILE",
     "METADATA_FILE",
+    "PEFT_KEY_PREFIX",
     "WEIGHTS_FILE",
     "attach_adapter_from_dir",
     "base_model_of",
@@ -317,6 +360,7 @@ __all__ = [
     "check_adapter_dir",
     "check_signature",
     "load_adapter",
+    "load_frozen_copy",
     "read_metadata",
     "row_blocks_of",
     "save_adapter",

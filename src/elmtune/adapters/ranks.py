@@ -68,7 +68,7 @@ def module_alpha(alpha: float, r: int, rank: int, use_rslora: bool) -> float:
 
 
 def rank_and_alpha_patterns(targets: Sequence[Target], cfg: AdapterConfig) -> tuple[dict[str, int], dict[str, float]]:
-    """peft ``rank_pattern`` and ``alpha_pattern`` for the modules whose rank differs from ``cfg.r``.
+    """The peft ``rank_pattern`` and ``alpha_pattern`` for the modules whose rank differs from ``cfg.r``.
 
     Keys are the escaped full module names (peft matches them as anchored regexes), so no key can match another
     layer's module.

@@ -13,9 +13,8 @@ from torch import nn
 
 from elmtune.adapters.apply import adapter_state
 from elmtune.adapters.config import AdapterError
+from elmtune.adapters.io import PEFT_KEY_PREFIX
 from elmtune.adapters.targets import layer_index
-
-_PREFIX = "base_model.model."
 
 
 @contextmanager
@@ -84,6 +83,7 @@ class ModuleParameters:
 
     @property
     def trainable(self) -> int:
+        """All adapter parameters of the module: LoRA, DoRA magnitude and norm copies."""
         return self.lora + self.magnitude + self.other
 
 
@@ -96,18 +96,22 @@ class ParameterReport:
 
     @property
     def trainable(self) -> int:
+        """Adapter parameters of all modules: what training updates."""
         return sum(m.trainable for m in self.modules)
 
     @property
     def embedding(self) -> int:
+        """Adapter parameters on embedding modules."""
         return sum(m.trainable for m in self.modules if m.embedding)
 
     @property
     def magnitude(self) -> int:
+        """DoRA magnitude parameters of all modules."""
         return sum(m.magnitude for m in self.modules)
 
     @property
     def norms(self) -> int:
+        """Parameters of the trained norm copies (``train_norms``)."""
         return sum(m.other for m in self.modules)
 
     @property
@@ -139,7 +143,7 @@ def trainable_parameter_report(model: PeftModel) -> ParameterReport:
     seen: set[int] = set()
     base_total = 0
     for full_name, module in model.named_modules():
-        name = full_name[len(_PREFIX) :] if full_name.startswith(_PREFIX) else full_name
+        name = full_name[len(PEFT_KEY_PREFIX) :] if full_name.startswith(PEFT_KEY_PREFIX) else full_name
         if isinstance(module, LoraLayer) and adapter in module.r:
             if adapter in module.lora_A:
                 params = (*module.lora_A[adapter].parameters(), *module.lora_B[adapter].parameters())

@@ -67,6 +67,7 @@ class TargetPlan:
 
     @property
     def names(self) -> list[str]:
+        """Full module names of the targets, in module order: peft's ``target_modules``."""
         return [t.name for t in self.targets]
 
 
@@ -163,6 +164,85 @@ def _expand(item: str, model: nn.Module, modules: dict[str, tuple[int, int]]) ->
     return names, []
 
 
+def _expand_all(
+    model: nn.Module, cfg: AdapterConfig, modules: dict[str, tuple[int, int]]
+) -> tuple[set[str], list[str]]:
+    """Every ``cfg.targets`` item expanded: (whole module names, sub-projection names in first-seen order)."""
+    whole: set[str] = set()
+    subs: list[str] = []
+    for item in cfg.targets:
+        names, sub = _expand(item, model, modules)
+        whole.update(names)
+        subs += [s for s in sub if s not in subs]
+    return whole, subs
+
+
+def _check_layers(layers: tuple[int, ...] | None, num_layers: int) -> None:
+    """Raise if ``layers`` names a decoder layer the model does not have."""
+    if layers is not None:
+        outside = [i for i in layers if i >= num_layers]
+        if outside:
+            raise AdapterError(f"layers {outside} do not exist: this model has layers 0-{num_layers - 1}")
+
+
+def _in_layers(name: str, layers: tuple[int, ...] | None) -> bool:
+    """Whether module ``name`` is inside the selected layers (modules outside the blocks always are)."""
+    index = layer_index(name)
+    return layers is None or index is None or index in layers
+
+
+def _sub_projection_rows(
+    model: nn.Module, modules: dict[str, tuple[int, int]], subs: list[str], layers: tuple[int, ...] | None
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Full name of each selected fused module that holds a targeted sub-projection -> its row blocks.
+
+    Every block of the fused module is listed (all of them are split out), with OpenELM's per-layer row ranges.
+    """
+    row_blocks: dict[str, dict[str, tuple[int, int]]] = {}
+    if not subs:
+        return row_blocks
+    geometry = model.config.geometry
+    for fused_short in dict.fromkeys(SUB_PROJECTIONS[s] for s in subs):
+        for name in modules:
+            index = layer_index(name)
+            if not name.endswith("." + fused_short) or index is None or not _in_layers(name, layers):
+                continue
+            slices = geometry.layers[index].row_slices()
+            row_blocks[name] = {b: (start, stop) for b, (mod, start, stop) in slices.items() if mod == fused_short}
+    return row_blocks
+
+
+def _check_overlap(whole: set[str], row_blocks: Mapping[str, object], subs: list[str]) -> None:
+    """Raise if a fused module is targeted both whole and by its sub-projections."""
+    overlap = sorted(whole & set(row_blocks))
+    if overlap:
+        short = overlap[0].rsplit(".", 1)[-1]
+        raise AdapterError(
+            f"targets overlap: '{short}' is targeted whole and by its sub-projections "
+            f"({', '.join(s for s in subs if SUB_PROJECTIONS[s] == short)}); keep one"
+        )
+
+
+def _sub_projection_targets(
+    name: str, in_features: int, blocks: Mapping[str, tuple[int, int]], subs: list[str]
+) -> list[Target]:
+    """The targeted row blocks of fused module ``name``, in row order."""
+    return [
+        Target(
+            name=f"{name}.{block}",
+            kind=block,
+            layer=layer_index(name),
+            in_features=in_features,
+            out_features=stop - start,
+            width=stop - start,
+            fused=name,
+            rows=(start, stop),
+        )
+        for block, (start, stop) in blocks.items()
+        if block in subs
+    ]
+
+
 def resolve_targets(model: nn.Module, cfg: AdapterConfig) -> TargetPlan:
     """Resolve ``cfg.targets`` and ``cfg.layers`` against ``model``.
 
@@ -179,55 +259,22 @@ def resolve_targets(model: nn.Module, cfg: AdapterConfig) -> TargetPlan:
     """
     modules = adaptable_modules(model)
     model_dim = _model_dim(model)
-    whole: set[str] = set()
-    subs: list[str] = []
-    for item in cfg.targets:
-        names, sub = _expand(item, model, modules)
-        whole.update(names)
-        subs += [s for s in sub if s not in subs]
-
+    whole, subs = _expand_all(model, cfg, modules)
     num_layers = 1 + max((i for n in modules if (i := layer_index(n)) is not None), default=-1)
-    if cfg.layers is not None:
-        outside = [i for i in cfg.layers if i >= num_layers]
-        if outside:
-            raise AdapterError(f"layers {outside} do not exist: this model has layers 0-{num_layers - 1}")
-
-    def selected(name: str) -> bool:
-        index = layer_index(name)
-        return cfg.layers is None or index is None or index in cfg.layers
+    _check_layers(cfg.layers, num_layers)
+    row_blocks = _sub_projection_rows(model, modules, subs, cfg.layers)
+    _check_overlap(whole, row_blocks, subs)
 
     targets: list[Target] = []
-    row_blocks: dict[str, dict[str, tuple[int, int]]] = {}
-    fused_with_subs: set[str] = set()
-    if subs:
-        geometry = model.config.geometry
-        for fused_short in dict.fromkeys(SUB_PROJECTIONS[s] for s in subs):
-            for name in modules:
-                index = layer_index(name)
-                if not name.endswith("." + fused_short) or index is None or not selected(name):
-                    continue
-                slices = geometry.layers[index].row_slices()
-                blocks = {b: (start, stop) for b, (mod, start, stop) in slices.items() if mod == fused_short}
-                row_blocks[name] = blocks
-                fused_with_subs.add(name)
-    overlap = sorted(whole & fused_with_subs)
-    if overlap:
-        short = overlap[0].rsplit(".", 1)[-1]
-        raise AdapterError(
-            f"targets overlap: '{short}' is targeted whole and by its sub-projections "
-            f"({', '.join(s for s in subs if SUB_PROJECTIONS[s] == short)}); keep one"
-        )
-
     for name, (in_features, out_features) in modules.items():
-        if not selected(name):
+        if not _in_layers(name, cfg.layers):
             continue
-        index = layer_index(name)
         if name in whole:
             targets.append(
                 Target(
                     name=name,
                     kind=name.rsplit(".", 1)[-1],
-                    layer=index,
+                    layer=layer_index(name),
                     in_features=in_features,
                     out_features=out_features,
                     width=_width(in_features, out_features, model_dim),
@@ -235,21 +282,7 @@ def resolve_targets(model: nn.Module, cfg: AdapterConfig) -> TargetPlan:
                 )
             )
         elif name in row_blocks:
-            for block, (start, stop) in row_blocks[name].items():
-                if block not in subs:
-                    continue
-                targets.append(
-                    Target(
-                        name=f"{name}.{block}",
-                        kind=block,
-                        layer=index,
-                        in_features=in_features,
-                        out_features=stop - start,
-                        width=stop - start,
-                        fused=name,
-                        rows=(start, stop),
-                    )
-                )
+            targets += _sub_projection_targets(name, in_features, row_blocks[name], subs)
     if not targets:
         raise AdapterError(
             f"targets {', '.join(cfg.targets)} with layers {list(cfg.layers or [])} select no module "
@@ -259,6 +292,7 @@ def resolve_targets(model: nn.Module, cfg: AdapterConfig) -> TargetPlan:
 
 
 def _is_embedding(model: nn.Module, name: str) -> bool:
+    """Whether module ``name`` of ``model`` is an ``nn.Embedding``."""
     return isinstance(model.get_submodule(name), nn.Embedding)
 
 

@@ -12,8 +12,11 @@ import sys
 import typer
 
 from elmtune import __version__
+from elmtune.cli import build as build_cmd
+from elmtune.cli import chat as chat_cmd
 from elmtune.cli import eval as eval_cmd
 from elmtune.cli import export as export_cmd
+from elmtune.cli import generate as generate_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.cli import merge as merge_cmd
 from elmtune.cli import train as train_cmd
@@ -54,6 +57,9 @@ app.command("eval")(eval_cmd.eval)
 app.command("export")(export_cmd.export)
 app.command("merge")(merge_cmd.merge)
 app.command("merge-adapters")(merge_cmd.merge_adapters)
+app.command("generate")(generate_cmd.generate)
+app.command("chat")(chat_cmd.chat)
+app.command("build")(build_cmd.build)
 
 
 def main() -> None:

@@ -1,15 +1,32 @@
-"""``elmtune eval MODEL``: commonsense evaluation with Apple's, LLM-Adapters', lm-eval's or a local MC protocol."""
+"""``elmtune eval MODEL``: commonsense tasks (Apple's, LLM-Adapters', lm-eval's or MC protocols) or preference pairs.
+
+The ``preference`` protocol scores held-out pairs with MODEL + adapter and with MODEL, its reference.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from elmtune.cli.options import ModelArg
-from elmtune.errors import ElmtuneError
+from elmtune.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    ModelArg,
+    OverwriteOpt,
+    config_keys,
+    flag_names,
+    given_flags,
+    merge_settings,
+    name_flag,
+    nest,
+)
+from elmtune.errors import ConfigError, ElmtuneError
+
+if TYPE_CHECKING:
+    from elmtune.evaluation.config import EvalConfig
 
 EXAMPLES = """
 Examples:
@@ -19,7 +36,16 @@ Examples:
   elmtune eval out/merged --protocol lm-eval --tasks arc_easy,piqa --data arc_easy=arc.jsonl,piqa=piqa.jsonl
 
   elmtune eval 270M --adapter runs/lora --compare base --protocol apple --data LLM-Adapters/dataset
+
+  elmtune eval 270M --adapter runs/lora --config eval.yaml --limit 100
+
+  elmtune eval 270M --adapter runs/dpo/final --protocol preference --data held_out_pairs.jsonl --beta 0.1
 """
+
+COMMAND_OPTIONS: frozenset[str] = frozenset(
+    {"ctx", "model", "adapter", "config_file", "output", "overwrite", "compare", "compare_adapter", "tokenizer"}
+)
+"""Parameters of the command itself; every other parameter sets the EvalConfig field of its name."""
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -36,12 +62,17 @@ def _batch_size(value: str) -> int | str:
 
 
 def eval(  # noqa: A001 - the command is called eval
+    ctx: typer.Context,
     model: ModelArg,
     adapter: Annotated[
         Path | None, typer.Option("--adapter", help="Adapter directory to apply on top of MODEL.", show_default=False)
     ] = None,
+    config_file: ConfigOpt = None,
     protocol: Annotated[
-        str, typer.Option("--protocol", "-p", help="apple | llm-adapters | lm-eval | mc (see docs/evaluation.md).")
+        str,
+        typer.Option(
+            "--protocol", "-p", help="apple | llm-adapters | lm-eval | mc | preference (see docs/evaluation.md)."
+        ),
     ] = "apple",
     data: Annotated[
         list[str] | None,
@@ -50,7 +81,8 @@ def eval(  # noqa: A001 - the command is called eval
             "-d",
             help="Data directory (e.g. LLM-Adapters' dataset/ with <task>/test.json) or files; TASK=FILE names a "
             "file's task. Repeat or separate with commas. lm-eval without --data reads the Hugging Face datasets; "
-            "with --backend lm-eval these are directories of task YAMLs.",
+            "with --backend lm-eval these are directories of task YAMLs; preference: files, dataset directories or hub "
+            "ids of pairs.",
             show_default=False,
         ),
     ] = None,
@@ -61,19 +93,21 @@ def eval(  # noqa: A001 - the command is called eval
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", help="Questions per task (apple/llm-adapters: Apple's seeded shuffle first).", show_default=False
+            "--limit",
+            help="Questions per task (apple/llm-adapters: Apple's seeded shuffle first; preference: first pairs).",
+            show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Rows per forward pass, or auto.")] = "auto",
+    batch_size: Annotated[
+        str, typer.Option("--batch-size", "-b", help="Rows per forward pass (preference: pairs), or auto.")
+    ] = "auto",
     add_bos: Annotated[
         bool, typer.Option("--add-bos/--no-add-bos", help="Prepend BOS to every context (Apple's setting).")
     ] = True,
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="fp32 | bf16 | fp16; default: the checkpoint's.", show_default=False)
     ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu | cuda | mps; default: the best available.", show_default=False)
-    ] = None,
+    device: DeviceOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -83,9 +117,7 @@ def eval(  # noqa: A001 - the command is called eval
             show_default=False,
         ),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing non-empty output directory once results are in.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -116,31 +148,44 @@ def eval(  # noqa: A001 - the command is called eval
         str | None, typer.Option("--tokenizer", help="Tokenizer directory or hub id.", show_default=False)
     ] = None,
     layout: Annotated[str, typer.Option("--layout", help="auto | shared | full (scorer row layout).")] = "auto",
+    beta: Annotated[
+        float, typer.Option("--beta", help="preference: implicit reward beta * (log pi_tuned - log pi_base).")
+    ] = 0.1,
+    data_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="preference: auto, preference, sharegpt_preference, alpaca_preference or ultrafeedback_raw.",
+        ),
+    ] = "auto",
+    split: Annotated[
+        str, typer.Option("--split", help="preference: split of a dataset directory or hub dataset.")
+    ] = "train",
+    data_template: Annotated[
+        str, typer.Option("--data-template", help="preference: the run's template: auto, chat, alpaca or plain.")
+    ] = "auto",
+    max_length: Annotated[
+        int, typer.Option("--max-length", help="preference: longest sequence in tokens, as the DPO run.")
+    ] = 2048,
+    max_prompt_length: Annotated[
+        int, typer.Option("--max-prompt-length", help="preference: longest prompt once a pair is shortened.")
+    ] = 512,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid/--no-skip-invalid", help="preference: skip and count malformed rows.")
+    ] = False,
 ) -> None:
-    """Evaluate MODEL (optionally + adapter) on commonsense tasks; print a labelled table and write results.
+    """Evaluate MODEL (optionally + adapter) on commonsense tasks or preference pairs; print a labelled table.
 
-    The output directory is checked before any model is loaded and written whole: a failure leaves it as it was.
+    Settings come from the defaults, then the --config file (EvalConfig's fields), then the flags given. The output
+    directory is checked before any model is loaded and written whole: a failure leaves it as it was.
     """
-    from elmtune.evaluation import EvalConfig, GenerationSettings, MCFormat, ModelSpec, run_eval
+    from elmtune.evaluation import ModelSpec, run_eval
 
     if compare_adapter is not None and compare is None:
         raise ElmtuneError("--compare-adapter needs --compare")
     if compare == "base" and adapter is None:
         raise ElmtuneError("--compare base compares MODEL + --adapter with MODEL; give --adapter")
-    config = EvalConfig(
-        protocol=protocol,  # type: ignore[arg-type]
-        data=tuple(_split(data)),
-        tasks=tuple(_split(tasks)) or None,
-        limit=limit,
-        batch_size=_batch_size(batch_size),
-        add_bos=add_bos,
-        dtype=dtype,
-        device=device,
-        layout=layout,  # type: ignore[arg-type]
-        generation=GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens),
-        mc_format=MCFormat(template=template, target_delimiter=target_delimiter),
-        backend=backend,  # type: ignore[arg-type]
-    )
+    config = _eval_config(ctx, config_file)
     spec = ModelSpec(model, adapter=adapter, tokenizer=tokenizer)
     other = None
     if compare is not None:
@@ -149,6 +194,41 @@ def eval(  # noqa: A001 - the command is called eval
     report = run_eval(spec, config, compare=other, output_dir=output_dir, overwrite=overwrite)
     typer.echo(report.markdown())
     typer.echo(f"\nresults: {output_dir / 'results.json'}")
+
+
+def _eval_config(ctx: typer.Context, config_file: Path | None) -> EvalConfig:
+    """The evaluation settings: defaults, then the ``--config`` file, then the flags given; errors name the flag."""
+    from elmtune.config_mapping import section_from_mapping
+    from elmtune.evaluation.config import EvalConfig
+    from elmtune.recipe_yaml import read_config_file
+
+    keys = config_keys(EvalConfig, ctx.params, {}, COMMAND_OPTIONS)
+    settings = read_config_file(config_file, "eval config") if config_file is not None else {}
+    for name in ("data", "tasks"):
+        if isinstance(settings.get(name), str):
+            settings[name] = [settings[name]]
+        if isinstance(settings.get(name), list):
+            settings[name] = _flag_value(name, settings[name])
+    given = {keys[name]: _flag_value(name, value) for name, value in given_flags(ctx).items() if name in keys}
+    try:
+        return section_from_mapping(EvalConfig, merge_settings(settings, nest(given)), "eval")
+    except ConfigError as err:
+        flags = flag_names(ctx)
+        error = name_flag(err, {f"eval.{key}": flags[name] for name, key in keys.items()})
+        if config_file is None or err.key in {f"eval.{key}" for key in given}:
+            raise error from None
+        raise ConfigError(f"{config_file}: {error}", key=err.key) from None
+
+
+def _flag_value(name: str, value: Any) -> Any:
+    """A flag's value as the EvalConfig field takes it (comma-separated lists split, ``auto`` or a batch size)."""
+    if name == "data":
+        return tuple(_split(value))
+    if name == "tasks":
+        return tuple(_split(value)) or None
+    if name == "batch_size":
+        return _batch_size(str(value))
+    return value
 
 
 eval.__doc__ = f"{eval.__doc__}\n{EXAMPLES}"

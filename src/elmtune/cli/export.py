@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from elmtune.cli.options import OutputOpt, OverwriteOpt
+
 
 class ExportFormat(str, Enum):
     """Output formats of ``elmtune export``."""
@@ -32,12 +34,7 @@ def export(
             show_default=False,
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="The file to write (absent or empty; see --overwrite).", show_default=False
-        ),
-    ],
+    output: OutputOpt,
     fmt: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.gguf,
     outtype: Annotated[
         OutType, typer.Option("--outtype", help="Weight storage: f32, f16, bf16 or q8_0 (norms stay f32).")
@@ -52,11 +49,11 @@ def export(
             help="Run the file with llama.cpp and compare next-token logits with elmtune's (needs llama-cpp-python).",
         ),
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing output file, once the new one is complete.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export MODEL_DIR to GGUF in llama.cpp's OpenELM layout, with the Llama-2 vocabulary.
+    """Export MODEL_DIR to GGUF in llama.cpp's OpenELM layout, with the Llama-2 vocabulary (OpenELM checkpoints only).
+
+    Other architectures (which merge and inspect accept) are refused: use llama.cpp's own converter for them.
 
     The file is written under a hidden temporary name next to -o and renamed only when complete: any failure leaves
     -o as it was.

@@ -1,4 +1,4 @@
-"""``elmtune inspect MODEL``: the per-layer geometry of an OpenELM model, without loading any weights.
+"""``elmtune inspect MODEL``: the per-layer geometry of a model (OpenELM or any transformers causal LM), no weights.
 
 With ``--adapter CONFIG_OR_DIR`` it also prints the adapter's per-layer ranks and trainable parameters, with totals.
 """
@@ -23,16 +23,22 @@ AdapterOpt = Annotated[
 
 
 def inspect(model: ModelArg, adapter: AdapterOpt = None) -> None:
-    """Print the per-layer geometry of MODEL: heads, projection shapes, parameters per layer, total."""
+    """Print the per-layer geometry of MODEL: projection shapes (and heads for OpenELM), parameters per layer, total.
+
+    MODEL is an OpenELM preset, hub id or directory, or the directory of any transformers causal LM (Llama, OLMo,
+    Phi-3, GPT-NeoX, OPT, GPT-2...), built on the meta device: no weights are loaded.
+
+    Example: elmtune inspect 270M
+    """
     from rich.console import Console
 
-    from elmtune.models.describe import geometry_table, resolve_geometry
+    from elmtune.models.describe import model_table
 
-    geometry, source = resolve_geometry(model)
+    table = model_table(model)
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 120)
-    console.print(geometry_table(geometry, title=f"{model} ({source})"))
+    console.print(table)
     if adapter is not None:
         from elmtune.adapters.describe import describe_adapter
 

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from elmtune.cli.options import ModelArg
+from elmtune.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    ModelArg,
+    OutputOpt,
+    OverwriteOpt,
+    config_keys,
+    flag_names,
+    given_flags,
+    name_flag,
+)
+from elmtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from elmtune.merging.report import MergeReport
 
 
 class MergeDtype(str, Enum):
@@ -38,24 +52,19 @@ class MajoritySign(str, Enum):
     frequency = "frequency"
 
 
-OutputOpt = Annotated[
-    Path,
-    typer.Option(
-        "--output", "-o", help="The directory to create (absent or empty; see --overwrite).", show_default=False
-    ),
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option("--overwrite", help="Replace an existing non-empty output directory, once the new one is complete."),
-]
+MERGE_RENAMED: dict[str, str] = {"no_verify": "verify"}  # --no-verify sets verify to false
+MERGE_COMMAND_OPTIONS: frozenset[str] = frozenset({"ctx", "base", "adapter_dir", "output", "config_file"})
+"""Parameters of ``elmtune merge`` itself; every other parameter sets the MergeOptions field of its name."""
 
 
 def merge(
+    ctx: typer.Context,
     base: ModelArg,
     adapter_dir: Annotated[
         Path, typer.Argument(help="Adapter directory (elmtune or peft; LoRA or DoRA).", show_default=False)
     ],
     output: OutputOpt,
+    config_file: ConfigOpt = None,
     dtype: Annotated[
         MergeDtype, typer.Option("--dtype", help="Output dtype; auto keeps the base's. Math is fp32, rounded once.")
     ] = MergeDtype.auto,
@@ -77,10 +86,15 @@ def merge(
     max_shard_size: Annotated[
         str, typer.Option("--max-shard-size", help="Largest safetensors file before sharding, e.g. 5GB or 2GiB.")
     ] = "5GB",
-    device: Annotated[str, typer.Option("--device", help="Device of the merge check (cpu, cuda, mps).")] = "cpu",
+    device: DeviceOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Merge ADAPTER_DIR into BASE and write a checked OpenELM checkpoint directory.
+    """Merge ADAPTER_DIR into BASE and write a checked checkpoint directory.
+
+    BASE is OpenELM or another transformers causal LM (Llama, OLMo, Phi-3, GPT-NeoX, OPT, GPT-2...); the output keeps
+    the base's keys and config.
+
+    Settings come from the defaults, then the --config file (MergeOptions' fields), then the flags given.
 
     The merged model is compared with the unmerged adapter on a probe batch; if it drifts beyond the output dtype's
     budget the command fails and leaves no output directory. An adapter module the base lacks is refused, checked or
@@ -91,39 +105,60 @@ def merge(
     """
     from rich.console import Console
 
-    from elmtune.adapters.merge_run import MergeOptions, merge_to_directory
+    from elmtune.merging.options import MergeOptions
+    from elmtune.merging.run import merge_to_directory
 
     console = Console(stderr=True)
-    options = MergeOptions(
-        dtype=None if dtype is MergeDtype.auto else dtype.value,
-        untie_embeddings=untie_embeddings,
-        low_memory=low_memory,
-        verify=not no_verify,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        device=device,
-        progress=console.is_terminal,
-    )
+    options = _merge_options(ctx, config_file, MergeOptions, progress=console.is_terminal)
     result = merge_to_directory(base, adapter_dir, output, options)
-    report = result.report
+    _print_merge_report(result.path, result.report)
+
+
+def _merge_options(ctx: typer.Context, config_file: Path | None, kind: type, progress: bool) -> Any:
+    """The merge settings: defaults, then the ``--config`` file, then the flags given; errors name the flag."""
+    from elmtune.config_mapping import section_from_mapping
+    from elmtune.recipe_yaml import read_config_file
+
+    keys = config_keys(kind, ctx.params, MERGE_RENAMED, MERGE_COMMAND_OPTIONS)
+    given = {keys[name]: value for name, value in given_flags(ctx).items() if name in keys}
+    if "dtype" in given:
+        given["dtype"] = getattr(given["dtype"], "value", given["dtype"])
+    if "verify" in given:
+        given["verify"] = not given["verify"]  # the flag is --no-verify
+    settings = read_config_file(config_file, "merge config") if config_file is not None else {}
+    settings = {"progress": progress, **settings, **given}
+    if settings.get("dtype") == "auto":
+        settings["dtype"] = None
+    try:
+        return section_from_mapping(kind, settings, "merge")
+    except ConfigError as err:
+        error = name_flag(err, {f"merge.{key}": flag_names(ctx)[name] for name, key in keys.items()})
+        if config_file is None or (err.key or "").removeprefix("merge.") in given:
+            raise error from None
+        raise ConfigError(f"{config_file}: {error}", key=err.key) from None
+
+
+def _print_merge_report(path: Path, report: MergeReport) -> None:
+    """What ``elmtune merge`` prints: what was written, and the merge check's numbers."""
     typer.echo(
-        f"wrote {result.path} ({report['dtype']}, {len(report['changed_tensors'])} tensors changed, "
-        f"head {'tied' if report['embeddings']['tied'] else 'untied'}) in {report['seconds']['total']:.1f} s"
+        f"wrote {path} ({report.dtype}, {len(report.changed_tensors)} tensors changed, "
+        f"head {'tied' if report.head.tied else 'untied'}) in {report.seconds.total:.1f} s"
     )
-    check = report["verification"]
+    check = report.verification
     if check is None:
         typer.echo("merge check skipped (--no-verify)")
-    else:
+        return
+    numbers = check.comparison
+    typer.echo(
+        f"merge check passed: max |logit diff| {numbers.max_abs_diff:.3g}, mean KL {numbers.mean_kl:.3g}, "
+        f"top-1 agreement {numbers.top1_agreement:.2%} over {numbers.positions} positions"
+    )
+    head = check.head_change
+    if head is not None:
         typer.echo(
-            f"merge check passed: max |logit diff| {check['max_abs_diff']:.3g}, mean KL {check['mean_kl']:.3g}, "
-            f"top-1 agreement {check['top1_agreement']:.2%} over {check['positions']} positions"
+            f"note: the tied head now reads the adapted embedding; vs the unmerged adapter: top-1 agreement "
+            f"{head.top1_agreement:.2%}, mean KL {head.mean_kl:.3g} (use --untie-embeddings to keep it)"
         )
-        head = check["head_change_vs_unmerged"]
-        if head is not None:
-            typer.echo(
-                f"note: the tied head now reads the adapted embedding; vs the unmerged adapter: top-1 agreement "
-                f"{head['top1_agreement']:.2%}, mean KL {head['mean_kl']:.3g} (use --untie-embeddings to keep it)"
-            )
 
 
 def merge_adapters(
@@ -160,8 +195,8 @@ def merge_adapters(
 
     Example: elmtune merge-adapters runs/a/final runs/b/final --weights 0.6,0.4 --method svd -o combined/
     """
-    from elmtune.adapters.arithmetic import CombineOptions, combine_adapters
     from elmtune.adapters.config import AdapterError
+    from elmtune.merging.combine import CombineOptions, combine_adapters
 
     parsed = None
     if weights is not None:

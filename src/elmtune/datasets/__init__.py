@@ -7,95 +7,44 @@ Typical use (what ``elmtune train`` does):
 >>> loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate)  # doctest: +SKIP
 
 Submodules, each usable alone: ``records`` (raw rows), ``formats`` (row validation), ``loading`` (typed examples),
-``templates`` (prompt text), ``encoding`` (tokens and labels), ``preference`` (pairs), ``collate``, ``packing``,
-``sampler``, ``prepare``.
+``templates`` (prompt text), ``encoding`` (tokens and labels), ``tokenize_pipeline`` (the shared tokenisation
+steps and counts), ``supervised`` and ``preference`` (the two kinds of examples), ``collate``, ``packing``, ``sampler``,
+``prepare``.
 """
 
-from elmtune.datasets.collate import collate_padded
-from elmtune.datasets.encoding import (
-    IGNORE_INDEX,
-    TokenizeConfig,
-    TokenizedExample,
-    TokenizeReport,
-    encode_rendered,
-    tokenize_sft,
-)
-from elmtune.datasets.errors import DataRowError, DataSourceError
-from elmtune.datasets.examples import (
-    ChatExample,
-    CompletionExample,
-    InstructionExample,
-    Message,
-    PreferenceExample,
-    SFTExample,
-    TextExample,
-)
-from elmtune.datasets.formats import FORMATS, detect_format
-from elmtune.datasets.loading import LoadReport, detect_source_format, load_preference_examples, load_sft_examples
-from elmtune.datasets.packing import PackedDataset, block_causal_mask, collate_packed, pack_indices
-from elmtune.datasets.preference import (
-    PreferenceTokenizeConfig,
-    TokenizedPair,
-    collate_preference,
-    tokenize_preference,
-)
-from elmtune.datasets.prepare import DataConfig, PreparedData, holdout_split, prepare_data
-from elmtune.datasets.sampler import LengthGroupedBatchSampler
-from elmtune.datasets.templates import (
-    OPENELM_INSTRUCT_CHAT_TEMPLATE,
-    Rendered,
-    Segment,
-    alpaca_prompt,
-    alpaca_text,
-    chat_text,
-    llm_adapters_eval_prompt,
-    render_preference,
-    render_sft,
-)
+from elmtune.lazy_exports import export_names, lazy_exports
 
-__all__ = [
-    "FORMATS",
-    "IGNORE_INDEX",
-    "OPENELM_INSTRUCT_CHAT_TEMPLATE",
-    "ChatExample",
-    "CompletionExample",
-    "DataConfig",
-    "DataRowError",
-    "DataSourceError",
-    "InstructionExample",
-    "LengthGroupedBatchSampler",
-    "LoadReport",
-    "Message",
-    "PackedDataset",
-    "PreferenceExample",
-    "PreferenceTokenizeConfig",
-    "PreparedData",
-    "Rendered",
-    "SFTExample",
-    "Segment",
-    "TextExample",
-    "TokenizeConfig",
-    "TokenizeReport",
-    "TokenizedExample",
-    "TokenizedPair",
-    "alpaca_prompt",
-    "alpaca_text",
-    "block_causal_mask",
-    "chat_text",
-    "collate_packed",
-    "collate_padded",
-    "collate_preference",
-    "detect_format",
-    "detect_source_format",
-    "encode_rendered",
-    "holdout_split",
-    "llm_adapters_eval_prompt",
-    "load_preference_examples",
-    "load_sft_examples",
-    "pack_indices",
-    "prepare_data",
-    "render_preference",
-    "render_sft",
-    "tokenize_preference",
-    "tokenize_sft",
-]
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "collate": ("collate_padded",),
+    "config": ("DataConfig",),
+    "encoding": ("IGNORE_INDEX", "encode_rendered"),
+    "errors": ("DataRowError", "DataSourceError"),
+    "examples": (
+        "ChatExample",
+        "CompletionExample",
+        "InstructionExample",
+        "Message",
+        "PreferenceExample",
+        "SFTExample",
+        "TextExample",
+    ),
+    "formats": ("FORMATS", "detect_format"),
+    "loading": ("LoadReport", "detect_source_format", "load_preference_examples", "load_sft_examples"),
+    "packing": ("PackedDataset", "block_causal_mask", "collate_packed", "pack_indices"),
+    "preference": ("PreferenceTokenizeConfig", "TokenizedPair", "collate_preference", "tokenize_preference"),
+    "prepare": ("PreparedData", "holdout_split", "prepare_data"),
+    "sampler": ("LengthGroupedBatchSampler",),
+    "supervised": ("TokenizeConfig", "TokenizedExample", "tokenize_sft"),
+    "templates": (
+        "OPENELM_INSTRUCT_CHAT_TEMPLATE",
+        "Rendered",
+        "Segment",
+        "alpaca_prompt",
+        "llm_adapters_eval_prompt",
+        "render_preference",
+        "render_sft",
+    ),
+    "tokenize_pipeline": ("TokenizeReport", "tokenize_examples"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = export_names(_EXPORTS)

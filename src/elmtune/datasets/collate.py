@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from elmtune.datasets.encoding import IGNORE_INDEX, TokenizedExample
+from elmtune.datasets.encoding import IGNORE_INDEX
+from elmtune.datasets.supervised import TokenizedExample
 from elmtune.models import PAD_TOKEN_ID
 
 

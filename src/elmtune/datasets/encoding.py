@@ -6,118 +6,25 @@ from what the model sees at inference. A token is a target when any of its chara
 token straddling the boundary (``"▁the"`` after the 16 spaces of the Alpaca prompt) therefore counts as target, the
 same convention lm-eval uses when it moves a context's trailing spaces into the continuation. BOS is never a target.
 Labels are aligned with ``input_ids`` (the model shifts them), -100 where there is no target.
+
+The pipeline that applies this to whole data sets is :mod:`elmtune.datasets.tokenize_pipeline`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
 
-from elmtune.datasets.errors import DataRowError
-from elmtune.datasets.examples import PreferenceExample, SFTExample
-from elmtune.datasets.templates import TEMPLATES, Rendered, render_sft
+from elmtune.datasets.templates import Rendered
 from elmtune.errors import ElmtuneError
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 Overlong = Literal["truncate", "drop", "error"]
 TruncationSide = Literal["right", "left"]
 OVERLONG: tuple[str, ...] = get_args(Overlong)
 SIDES: tuple[str, ...] = get_args(TruncationSide)
-_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class TokenizeConfig:
-    """How supervised examples become token ids and labels.
-
-    Attributes:
-        max_length: Longest sequence in tokens, BOS and EOS included.
-        template: ``auto``, ``alpaca``, ``chat`` or ``plain`` (see :mod:`elmtune.datasets.templates`).
-        train_on_prompt: Train on every token, prompt included (Apple's commonsense recipe); default: responses only
-            (every assistant turn for chat).
-        overlong: What to do with an example longer than ``max_length``: ``truncate`` it, ``drop`` it, or raise
-            (``error``).
-        truncation_side: ``right`` keeps the beginning; ``left`` keeps BOS and the end.
-        system_prompt: Chat template only: a system turn put first in conversations that have none.
-    """
-
-    max_length: int = 2048
-    template: str = "auto"
-    train_on_prompt: bool = False
-    overlong: Overlong = "truncate"
-    truncation_side: TruncationSide = "right"
-    system_prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-        if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
-        if self.overlong not in OVERLONG:
-            raise ValueError(f"overlong must be one of {', '.join(OVERLONG)}, got {self.overlong!r}")
-        if self.truncation_side not in SIDES:
-            raise ValueError(f"truncation_side must be one of {', '.join(SIDES)}, got {self.truncation_side!r}")
-
-
-@dataclass(frozen=True, eq=False)
-class TokenizedExample:
-    """One tokenised supervised example.
-
-    Attributes:
-        input_ids: (L,) int32 token ids, BOS first.
-        labels: (L,) int32 targets aligned with ``input_ids``; -100 where there is no loss.
-        where: The source row.
-        truncated: Whether it was cut to ``max_length``.
-    """
-
-    input_ids: np.ndarray
-    labels: np.ndarray
-    where: str = ""
-    truncated: bool = False
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def num_targets(self) -> int:
-        """Tokens that carry a loss."""
-        return int((self.labels != IGNORE_INDEX).sum())
-
-
-@dataclass(frozen=True)
-class TokenizeReport:
-    """Counts from tokenisation.
-
-    Attributes:
-        examples: Examples given.
-        kept: Examples returned.
-        truncated: Kept examples cut to ``max_length``.
-        dropped_overlong: Examples dropped for length (``overlong="drop"``).
-        dropped_no_target: Examples with no target token left after truncation (always dropped).
-        invalid: Examples skipped because their text holds a special-token string (``skip_invalid``).
-        dropped_identical: Preference pairs dropped because chosen and rejected are the same tokens (nothing to
-            prefer: the loss would be ln 2 with a zero gradient).
-        tokens: Tokens in the kept examples.
-        target_tokens: Target tokens in the kept examples.
-        longest: The longest example before truncation, in tokens.
-    """
-
-    examples: int = 0
-    kept: int = 0
-    truncated: int = 0
-    dropped_overlong: int = 0
-    dropped_no_target: int = 0
-    invalid: int = 0
-    dropped_identical: int = 0
-    tokens: int = 0
-    target_tokens: int = 0
-    longest: int = 0
 
 
 def check_fast_tokenizer(tokenizer: Any) -> None:
@@ -128,23 +35,6 @@ def check_fast_tokenizer(tokenizer: Any) -> None:
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ElmtuneError("elmtune needs a fast tokenizer (tokenizer.json) to compute loss masks from offsets")
-
-
-def check_special_text(example: SFTExample | PreferenceExample, tokenizer: Any) -> None:
-    """Refuse text that holds a special-token string, which would tokenise as that token (``</s>`` as EOS).
-
-    Raises:
-        DataRowError: Naming the field and the token.
-    """
-    specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
-    for field, text in example.text_fields():
-        for special in specials:
-            if special in text:
-                raise DataRowError(
-                    example.where or "example",
-                    f"field '{field}' contains the special-token text {special!r}, which would be read as that token; "
-                    "clean the data or skip such rows (skip_invalid)",
-                )
 
 
 def target_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -200,99 +90,20 @@ def encode_rendered(
 
 
 def truncate(ids: np.ndarray, labels: np.ndarray, max_length: int, side: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a sequence to ``max_length`` tokens: ``right`` keeps the start, ``left`` keeps BOS (the first token) and
-    the end."""
+    """Cut a sequence to ``max_length`` tokens: ``right`` keeps the start, ``left`` keeps BOS and the end.
+
+    Args:
+        ids: (L,) token ids.
+        labels: (L,) labels aligned with ``ids``.
+        max_length: The longest sequence kept.
+        side: ``right`` or ``left``.
+
+    Returns:
+        The cut ``(ids, labels)``, or the inputs when they fit.
+    """
     if len(ids) <= max_length:
         return ids, labels
     if side == "right":
         return ids[:max_length], labels[:max_length]
     keep = max_length - 1
     return np.concatenate([ids[:1], ids[-keep:]]), np.concatenate([labels[:1], labels[-keep:]])
-
-
-def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ex", disable=total < 5 * _CHUNK, leave=False)
-
-
-def tokenize_sft(
-    examples: Iterable[SFTExample],
-    tokenizer: Any,
-    config: TokenizeConfig | None = None,
-    *,
-    skip_invalid: bool = False,
-) -> tuple[list[TokenizedExample], TokenizeReport]:
-    """Render and tokenise supervised examples, with labels, truncation and counts.
-
-    Args:
-        examples: Typed examples (from :func:`elmtune.datasets.load_sft_examples`).
-        tokenizer: A fast tokenizer (:func:`elmtune.models.load_tokenizer`).
-        config: Template, masking and length policy; defaults to :class:`TokenizeConfig()`.
-        skip_invalid: Skip examples whose text holds a special-token string instead of raising.
-
-    Returns:
-        The kept examples in input order, and a :class:`TokenizeReport` (truncated examples are counted there and
-        logged).
-
-    Raises:
-        DataRowError: Special-token text in a row (unless ``skip_invalid``), or an over-long example with
-            ``overlong="error"``.
-        ValueError: A template that cannot render an example.
-    """
-    config = config or TokenizeConfig()
-    examples = list(examples)
-    eos = tokenizer.eos_token or "</s>"
-    kept: list[TokenizedExample] = []
-    counts = dict.fromkeys(
-        ("truncated", "dropped_overlong", "dropped_no_target", "invalid", "tokens", "target_tokens", "longest"), 0
-    )
-    with _progress(len(examples), "tokenize") as bar:
-        for start in range(0, len(examples), _CHUNK):
-            chunk = []
-            for example in examples[start : start + _CHUNK]:
-                try:
-                    check_special_text(example, tokenizer)
-                except DataRowError:
-                    if not skip_invalid:
-                        raise
-                    counts["invalid"] += 1
-                    continue
-                chunk.append(example)
-            rendered = [
-                render_sft(e, config.template, eos_token=eos, system_prompt=config.system_prompt) for e in chunk
-            ]
-            for example, (ids, labels) in zip(
-                chunk, encode_rendered(rendered, tokenizer, train_on_prompt=config.train_on_prompt), strict=True
-            ):
-                counts["longest"] = max(counts["longest"], len(ids))
-                was_cut = len(ids) > config.max_length
-                if was_cut:
-                    if config.overlong == "error":
-                        raise DataRowError(
-                            example.where or "example", f"{len(ids)} tokens, more than max_length {config.max_length}"
-                        )
-                    if config.overlong == "drop":
-                        counts["dropped_overlong"] += 1
-                        continue
-                    ids, labels = truncate(ids, labels, config.max_length, config.truncation_side)
-                item = TokenizedExample(ids, labels, example.where, was_cut)
-                if item.num_targets == 0:
-                    counts["dropped_no_target"] += 1
-                    continue
-                counts["truncated"] += was_cut
-                counts["tokens"] += len(item)
-                counts["target_tokens"] += item.num_targets
-                kept.append(item)
-            bar.update(min(_CHUNK, len(examples) - start))
-    report = TokenizeReport(examples=len(examples), kept=len(kept), **counts)
-    if report.truncated or report.dropped_overlong or report.dropped_no_target:
-        logger.warning(
-            "max_length %d: %d example(s) truncated (%s side), %d dropped as too long, %d dropped with no target left",
-            config.max_length,
-            report.truncated,
-            config.truncation_side,
-            report.dropped_overlong,
-            report.dropped_no_target,
-        )
-    return kept, report

@@ -1,13 +1,21 @@
 """Row formats: detection from a row's fields, and validation of one row into a typed example.
 
-| format              | fields                                                        | example type          |
-| ------------------- | ------------------------------------------------------------- | --------------------- |
-| ``alpaca``          | ``instruction``, ``output``, optional ``input``               | InstructionExample    |
-| ``commonsense``     | ``instruction``, ``input``, ``output``, ``answer``            | InstructionExample    |
-| ``messages``        | ``messages``: list of ``{role, content}``                     | ChatExample           |
-| ``prompt_completion`` | ``prompt``, ``completion``                                  | CompletionExample     |
-| ``text``            | ``text``                                                      | TextExample           |
-| ``preference``      | ``chosen``, ``rejected`` (strings or message lists), ``prompt`` | PreferenceExample   |
+| format                  | fields                                                            | example type       |
+| ----------------------- | ----------------------------------------------------------------- | ------------------ |
+| ``alpaca``              | ``instruction``, ``output``, optional ``input``                   | InstructionExample |
+| ``commonsense``         | ``instruction``, ``input``, ``output``, ``answer``                | InstructionExample |
+| ``messages``            | ``messages``: list of ``{role, content}``                         | ChatExample        |
+| ``prompt_completion``   | ``prompt``, ``completion``                                        | CompletionExample  |
+| ``text``                | ``text``                                                          | TextExample        |
+| ``preference``          | ``chosen``, ``rejected`` (strings or message lists), ``prompt``   | PreferenceExample  |
+| ``sharegpt_preference`` | ``conversations``, ``chosen``, ``rejected`` (``{from, value}``)   | PreferenceExample  |
+| ``alpaca_preference``   | ``instruction``, ``chosen``, ``rejected``, optional ``input``     | PreferenceExample  |
+| ``ultrafeedback_raw``   | ``instruction``, ``completions`` with per-aspect ratings          | PreferenceExample  |
+
+``sharegpt_preference`` and ``alpaca_preference`` are LLaMA-Factory's pairwise layouts (optional ``system``, and
+``history`` for the Alpaca one), read by :mod:`elmtune.datasets.llamafactory`; ``ultrafeedback_raw`` is
+openbmb/UltraFeedback, binarised while loading by :mod:`elmtune.datasets.ultrafeedback`. A preference row with an
+empty prompt or reply is skipped and counted (:mod:`elmtune.datasets.pair_drops`).
 """
 
 from __future__ import annotations
@@ -26,22 +34,42 @@ from elmtune.datasets.examples import (
     SFTExample,
     TextExample,
 )
+from elmtune.datasets.pair_drops import require_sides
 
-DataFormat = Literal["alpaca", "commonsense", "messages", "prompt_completion", "text", "preference"]
+DataFormat = Literal[
+    "alpaca",
+    "commonsense",
+    "messages",
+    "prompt_completion",
+    "text",
+    "preference",
+    "sharegpt_preference",
+    "alpaca_preference",
+    "ultrafeedback_raw",
+]
 FORMATS: tuple[str, ...] = get_args(DataFormat)
-SFT_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if f != "preference")
+PREFERENCE_FORMATS: tuple[str, ...] = ("preference", "sharegpt_preference", "alpaca_preference", "ultrafeedback_raw")
+SFT_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if f not in PREFERENCE_FORMATS)
 
 
 def detect_format(row: Any) -> DataFormat | None:
     """The format a row's field names indicate, or ``None`` if they fit none.
 
     Preference fields win over chat fields (UltraFeedback rows carry ``messages`` too), commonsense over alpaca.
+    Among preference rows, ``conversations`` marks LLaMA-Factory's ShareGPT layout and ``instruction`` without
+    ``prompt`` its Alpaca layout; ``instruction`` with ``completions`` is raw UltraFeedback.
     """
     if not isinstance(row, Mapping):
         return None
     keys = set(row)
     if {"chosen", "rejected"} <= keys:
+        if "conversations" in keys:
+            return "sharegpt_preference"
+        if "instruction" in keys and "prompt" not in keys:
+            return "alpaca_preference"
         return "preference"
+    if {"instruction", "completions"} <= keys:
+        return "ultrafeedback_raw"
     if "messages" in keys:
         return "messages"
     if {"instruction", "output", "answer"} <= keys:
@@ -55,11 +83,12 @@ def detect_format(row: Any) -> DataFormat | None:
     return None
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The JSON-ish name of a value's type for messages (``null``, ``str``, ``int``, ``list``...)."""
     return "null" if value is None else type(value).__name__
 
 
-def _string(row: Mapping, name: str, where: str, *, required: bool = True, allow_empty: bool = False) -> str:
+def string_field(row: Mapping, name: str, where: str, *, required: bool = True, allow_empty: bool = False) -> str:
     """A string field, checked for presence, type and (unless allowed) emptiness."""
     if name not in row or row[name] is None:
         if required:
@@ -67,41 +96,54 @@ def _string(row: Mapping, name: str, where: str, *, required: bool = True, allow
         return ""
     value = row[name]
     if not isinstance(value, str):
-        raise DataRowError(where, f"field '{name}' must be a string, got {_type_name(value)}")
+        raise DataRowError(where, f"field '{name}' must be a string, got {type_name(value)}")
     if not allow_empty and not value.strip():
         raise DataRowError(where, f"field '{name}' is empty")
     return value
 
 
-def _row_mapping(row: Any, where: str) -> Mapping:
+def row_mapping(row: Any, where: str) -> Mapping:
+    """The row itself when it is an object with named fields.
+
+    Raises:
+        DataRowError: For any other value.
+    """
     if not isinstance(row, Mapping):
-        raise DataRowError(where, f"expected an object with named fields, got {_type_name(row)}")
+        raise DataRowError(where, f"expected an object with named fields, got {type_name(row)}")
     return row
 
 
-def parse_messages(value: Any, where: str, field: str = "messages") -> tuple[Message, ...]:
+def parse_messages(
+    value: Any, where: str, field: str = "messages", *, allow_empty: bool = False
+) -> tuple[Message, ...]:
     """Validate a chat list of ``{role, content}`` objects.
+
+    Args:
+        value: The field's value.
+        where: The row's location, for messages.
+        field: The field's name, for messages.
+        allow_empty: Accept blank contents (preference rows skip and count them instead of raising).
 
     Raises:
         DataRowError: Not a non-empty list; an item without a string ``role``/``content``; an unknown role; a
-            system turn after the first position; an empty content.
+            system turn after the first position; an empty content (unless ``allow_empty``).
     """
     if value is None:
         raise DataRowError(where, f"field '{field}' is missing")
     if not isinstance(value, list | tuple):
-        raise DataRowError(where, f"field '{field}' must be a list of messages, got {_type_name(value)}")
+        raise DataRowError(where, f"field '{field}' must be a list of messages, got {type_name(value)}")
     if not value:
         raise DataRowError(where, f"field '{field}' is an empty list")
     messages = []
     for i, item in enumerate(value):
         name = f"{field}[{i}]"
         if not isinstance(item, Mapping):
-            raise DataRowError(where, f"{name} must be an object with 'role' and 'content', got {_type_name(item)}")
+            raise DataRowError(where, f"{name} must be an object with 'role' and 'content', got {type_name(item)}")
         role = item.get("role")
         if role is None:
             raise DataRowError(where, f"{name} has no 'role'")
         if not isinstance(role, str):
-            raise DataRowError(where, f"{name}.role must be a string, got {_type_name(role)}")
+            raise DataRowError(where, f"{name}.role must be a string, got {type_name(role)}")
         if role not in ROLES:
             raise DataRowError(where, f"{name} has role {role!r}; expected one of {', '.join(ROLES)}")
         if role == "system" and i != 0:
@@ -110,8 +152,8 @@ def parse_messages(value: Any, where: str, field: str = "messages") -> tuple[Mes
             raise DataRowError(where, f"{name} has no 'content'")
         content = item["content"]
         if not isinstance(content, str):
-            raise DataRowError(where, f"{name}.content must be a string, got {_type_name(content)}")
-        if not content.strip():
+            raise DataRowError(where, f"{name}.content must be a string, got {type_name(content)}")
+        if not allow_empty and not content.strip():
             raise DataRowError(where, f"{name}.content is empty")
         messages.append(Message(role, content))
     return tuple(messages)
@@ -131,14 +173,14 @@ def parse_sft_row(row: Any, data_format: str, where: str) -> SFTExample:
     Raises:
         DataRowError: A missing field, a wrong type or an empty text, naming the field.
     """
-    row = _row_mapping(row, where)
+    row = row_mapping(row, where)
     if data_format in ("alpaca", "commonsense"):
         commonsense = data_format == "commonsense"
         return InstructionExample(
-            instruction=_string(row, "instruction", where),
-            input=_string(row, "input", where, required=commonsense, allow_empty=True),
-            output=_string(row, "output", where),
-            answer=_string(row, "answer", where) if commonsense else None,
+            instruction=string_field(row, "instruction", where),
+            input=string_field(row, "input", where, required=commonsense, allow_empty=True),
+            output=string_field(row, "output", where),
+            answer=string_field(row, "answer", where) if commonsense else None,
             where=where,
         )
     if data_format == "messages":
@@ -148,12 +190,12 @@ def parse_sft_row(row: Any, data_format: str, where: str) -> SFTExample:
         return ChatExample(messages, where=where)
     if data_format == "prompt_completion":
         return CompletionExample(
-            prompt=_string(row, "prompt", where, allow_empty=True),
-            completion=_string(row, "completion", where),
+            prompt=string_field(row, "prompt", where, allow_empty=True),
+            completion=string_field(row, "completion", where),
             where=where,
         )
     if data_format == "text":
-        return TextExample(_string(row, "text", where), where=where)
+        return TextExample(string_field(row, "text", where), where=where)
     raise ValueError(f"unknown SFT format {data_format!r}; use one of {', '.join(SFT_FORMATS)}")
 
 
@@ -162,21 +204,19 @@ def _score(row: Mapping, name: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DataRowError(where, f"field '{name}' must be a number, got {_type_name(value)}")
+        raise DataRowError(where, f"field '{name}' must be a number, got {type_name(value)}")
     return float(value)
 
 
 def _reply(value: Any, where: str, field: str) -> tuple[tuple[Message, ...], str]:
     """``(turns before the reply, reply text)`` of a ``chosen``/``rejected`` field (string or message list)."""
     if isinstance(value, str):
-        if not value.strip():
-            raise DataRowError(where, f"field '{field}' is empty")
         return (), value
     if value is None:
         raise DataRowError(where, f"field '{field}' is missing")
     if not isinstance(value, list | tuple):
-        raise DataRowError(where, f"field '{field}' must be a string or a list of messages, got {_type_name(value)}")
-    messages = parse_messages(value, where, field)
+        raise DataRowError(where, f"field '{field}' must be a string or a list of messages, got {type_name(value)}")
+    messages = parse_messages(value, where, field, allow_empty=True)
     if messages[-1].role != "assistant":
         raise DataRowError(where, f"the last turn of '{field}' must be an assistant turn, got {messages[-1].role!r}")
     return messages[:-1], messages[-1].content
@@ -190,10 +230,11 @@ def parse_preference_row(row: Any, where: str) -> PreferenceExample:
     message list, ``chosen``/``rejected`` as strings or one-turn assistant lists), and plain strings.
 
     Raises:
-        DataRowError: A missing or mistyped field, empty text, conversations that differ before the last turn, or a
-            prompt that does not end with a user turn.
+        DataRowError: A missing or mistyped field, conversations that differ before the last turn, or a prompt that
+            does not end with a user turn.
+        SkippedPair: An empty prompt turn or reply (the loader counts and skips the row).
     """
-    row = _row_mapping(row, where)
+    row = row_mapping(row, where)
     chosen_context, chosen = _reply(row.get("chosen"), where, "chosen")
     rejected_context, rejected = _reply(row.get("rejected"), where, "rejected")
     if chosen_context or rejected_context:
@@ -203,12 +244,12 @@ def parse_preference_row(row: Any, where: str) -> PreferenceExample:
     else:
         raw = row.get("prompt")
         if isinstance(raw, list | tuple):
-            prompt = parse_messages(raw, where, "prompt")
+            prompt = parse_messages(raw, where, "prompt", allow_empty=True)
         else:
-            prompt = (Message("user", _string(row, "prompt", where)),)
+            prompt = (Message("user", string_field(row, "prompt", where, allow_empty=True)),)
     if prompt[-1].role != "user":
         raise DataRowError(where, f"the prompt must end with a user turn, got {prompt[-1].role!r}")
-    return PreferenceExample(
+    example = PreferenceExample(
         prompt=prompt,
         chosen=chosen,
         rejected=rejected,
@@ -216,3 +257,4 @@ def parse_preference_row(row: Any, where: str) -> PreferenceExample:
         score_rejected=_score(row, "score_rejected", where),
         where=where,
     )
+    return require_sides(example)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from elmtune.datasets.errors import DataRowError, DataSourceError
 from elmtune.datasets.examples import PreferenceExample, SFTExample
-from elmtune.datasets.formats import SFT_FORMATS, detect_format, parse_preference_row, parse_sft_row
+from elmtune.datasets.formats import FORMATS, PREFERENCE_FORMATS, SFT_FORMATS, detect_format, parse_sft_row
+from elmtune.datasets.pair_drops import PairDrops
+from elmtune.datasets.preference_rows import PreferenceRowReader
 from elmtune.datasets.records import Record, read_records
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class LoadReport:
         rows: Rows read.
         invalid: Rows skipped as invalid (only with ``skip_invalid``).
         errors: The first few skipped rows' messages (``"file, line N: reason"``).
+        pair_drops: Preference rows without a usable pair, skipped and counted by reason (always, not only with
+            ``skip_invalid``).
     """
 
     source: str
@@ -36,11 +40,12 @@ class LoadReport:
     rows: int
     invalid: int = 0
     errors: tuple[str, ...] = ()
+    pair_drops: PairDrops = field(default_factory=PairDrops)
 
     @property
     def valid(self) -> int:
         """Rows turned into examples."""
-        return self.rows - self.invalid
+        return self.rows - self.invalid - self.pair_drops.rows
 
 
 def _first_mapping_format(records: list[Record]) -> str | None:
@@ -52,14 +57,16 @@ def _first_mapping_format(records: list[Record]) -> str | None:
 
 def _collect(
     records: Iterator[Record],
-    parse: Callable[[Record], T],
+    parse: Callable[[Record], T | None],
     *,
     source: str,
     data_format: str,
     skip_invalid: bool,
     limit: int | None,
     head: list[Record],
+    drops: Callable[[], PairDrops] = PairDrops,
 ) -> tuple[list[T], LoadReport]:
+    """Parse every record; ``parse`` returns ``None`` for a row it skipped and counted in ``drops()``."""
     examples: list[T] = []
     rows = invalid = 0
     errors: list[str] = []
@@ -70,7 +77,9 @@ def _collect(
         try:
             if record.error is not None:
                 raise DataRowError(record.where, record.error)
-            examples.append(parse(record))
+            example = parse(record)
+            if example is not None:
+                examples.append(example)
         except DataRowError as err:
             if not skip_invalid:
                 raise
@@ -79,11 +88,16 @@ def _collect(
                 errors.append(str(err))
     if rows == 0:
         raise DataSourceError(f"{source}: no rows")
+    skipped = drops()
     if not examples:
-        raise DataSourceError(f"{source}: no valid rows ({invalid} skipped; first: {errors[0]})")
+        first = f"; first: {errors[0]}" if errors else ""
+        dropped = f"; {skipped.describe()}" if skipped.rows else ""
+        raise DataSourceError(f"{source}: no valid rows ({invalid} invalid skipped{first}{dropped})")
     if invalid:
         logger.warning("%s: skipped %d invalid row(s) of %d; first: %s", source, invalid, rows, errors[0])
-    return examples, LoadReport(source, data_format, rows, invalid, tuple(errors))
+    if skipped.rows:
+        logger.warning("%s: %s of %d", source, skipped.describe(), rows)
+    return examples, LoadReport(source, data_format, rows, invalid, tuple(errors), skipped)
 
 
 def _chain(head: list[Record], rest: Iterator[Record]) -> Iterator[Record]:
@@ -155,9 +169,9 @@ def load_sft_examples(
                 f"{source}: cannot tell the data format from {_describe_fields(head)}; "
                 f"pass a format: {', '.join(SFT_FORMATS)}"
             )
-        if detected == "preference":
+        if detected in PREFERENCE_FORMATS:
             raise DataSourceError(
-                f"{source}: holds preference pairs (chosen/rejected); load it as preference data, not for SFT"
+                f"{source}: holds preference pairs ({detected}); load it as preference data, not for SFT"
             )
         data_format = detected
     fmt = data_format
@@ -174,39 +188,56 @@ def load_sft_examples(
 
 def load_preference_examples(
     source: str | Path,
+    data_format: str = "auto",
     *,
     split: str = "train",
     subset: str | None = None,
     revision: str | None = None,
     skip_invalid: bool = False,
     limit: int | None = None,
+    seed: int = 0,
 ) -> tuple[list[PreferenceExample], LoadReport]:
-    """Read and validate preference pairs (UltraFeedback/H4 layout, TRL explicit-prompt layout, or plain strings).
+    """Read and validate preference pairs in any preference format; rows without a usable pair are counted.
 
     Args:
         source: A local file, a dataset directory or a hub id (``HuggingFaceH4/ultrafeedback_binarized`` with
             ``split="train_prefs"``).
+        data_format: ``auto`` (detected from the first row's fields; ``preference`` when they fit no preference
+            format) or one of ``preference`` (H4/argilla/TRL layouts), ``sharegpt_preference``,
+            ``alpaca_preference`` (LLaMA-Factory) or ``ultrafeedback_raw`` (binarised while loading).
         split: Split of a directory or hub dataset.
         subset: Hub configuration name.
         revision: Hub revision.
         skip_invalid: Skip bad rows and count them instead of raising on the first one.
         limit: Stop after this many valid examples.
+        seed: The data seed; raw UltraFeedback draws each rejected reply with it.
 
     Returns:
-        The examples, in source order, and a :class:`LoadReport`.
+        The examples, in source order, and a :class:`LoadReport` (its ``pair_drops`` counts the skipped rows).
 
     Raises:
-        DataSourceError: The source cannot be read or has no (valid) rows.
+        DataSourceError: The source cannot be read, the format is not a preference format, or no row is usable.
         DataRowError: A bad row, naming the file, the row and the problem (unless ``skip_invalid``).
     """
+    if data_format != "auto" and data_format not in PREFERENCE_FORMATS:
+        raise DataSourceError(
+            f"{data_format!r} is not a preference format; use auto or one of {', '.join(PREFERENCE_FORMATS)}"
+        )
+    records = read_records(source, split=split, subset=subset, revision=revision)
+    head = _peek(records)
+    if data_format == "auto":
+        detected = _first_mapping_format(head)
+        data_format = detected if detected in PREFERENCE_FORMATS else "preference"
+    reader = PreferenceRowReader(data_format, seed)
     return _collect(
-        read_records(source, split=split, subset=subset, revision=revision),
-        lambda record: parse_preference_row(record.value, record.where),
+        records,
+        lambda record: reader(record.value, record.where),
         source=str(source),
-        data_format="preference",
+        data_format=data_format,
         skip_invalid=skip_invalid,
         limit=limit,
-        head=[],
+        head=head,
+        drops=lambda: reader.drops,
     )
 
 
@@ -223,7 +254,6 @@ def detect_source_format(
     detected = _first_mapping_format(head)
     if detected is None:
         raise DataSourceError(
-            f"{source}: cannot tell the data format from {_describe_fields(head)}; "
-            f"pass a format: {', '.join(SFT_FORMATS)} or preference"
+            f"{source}: cannot tell the data format from {_describe_fields(head)}; pass a format: {', '.join(FORMATS)}"
         )
     return detected

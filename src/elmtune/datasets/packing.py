@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from elmtune.datasets.collate import pad_right, padded_length
-from elmtune.datasets.encoding import IGNORE_INDEX, TokenizedExample
+from elmtune.datasets.encoding import IGNORE_INDEX
+from elmtune.datasets.supervised import TokenizedExample
 from elmtune.models import PAD_TOKEN_ID
 
 PackStrategy = Literal["best_fit", "sequential"]

@@ -15,18 +15,10 @@ import numpy as np
 import torch
 
 from elmtune.datasets.collate import pad_right, padded_length
-from elmtune.datasets.encoding import (
-    IGNORE_INDEX,
-    OVERLONG,
-    SIDES,
-    Overlong,
-    TokenizeReport,
-    check_special_text,
-    encode_rendered,
-)
-from elmtune.datasets.errors import DataRowError
+from elmtune.datasets.encoding import IGNORE_INDEX, Overlong
 from elmtune.datasets.examples import PreferenceExample
-from elmtune.datasets.templates import TEMPLATES, render_preference
+from elmtune.datasets.templates import Rendered, render_preference
+from elmtune.datasets.tokenize_pipeline import Encoded, TokenizeReport, check_tokenize_choices, tokenize_examples
 from elmtune.errors import UsageError
 from elmtune.models import PAD_TOKEN_ID
 
@@ -57,12 +49,7 @@ class PreferenceTokenizeConfig:
                 f"{self.max_prompt_length} and max_length {self.max_length}: pass --max-prompt-length below "
                 "--max-length (data.max_prompt_length in a recipe; Apple's recipe uses 512 of 1024)"
             )
-        if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
-        if self.overlong not in OVERLONG:
-            raise ValueError(f"overlong must be one of {', '.join(OVERLONG)}, got {self.overlong!r}")
-        if self.prompt_truncation_side not in SIDES:
-            raise ValueError(f"prompt_truncation_side must be left or right, got {self.prompt_truncation_side!r}")
+        check_tokenize_choices(self.template, self.overlong, "prompt_truncation_side", self.prompt_truncation_side)
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +97,41 @@ def _shorten(
     return ids[: config.max_length], labels[: config.max_length]
 
 
+@dataclass(frozen=True)
+class PreferenceRendering:
+    """Preference pairs in :func:`~elmtune.datasets.tokenize_pipeline.tokenize_examples`: chosen and rejected texts."""
+
+    config: PreferenceTokenizeConfig
+
+    @property
+    def train_on_prompt(self) -> bool:
+        """Never: the prompt of a pair is not a target."""
+        return False
+
+    @property
+    def max_length(self) -> int:
+        """See :class:`PreferenceTokenizeConfig`."""
+        return self.config.max_length
+
+    @property
+    def overlong(self) -> Overlong:
+        """See :class:`PreferenceTokenizeConfig`."""
+        return self.config.overlong
+
+    def render(self, example: PreferenceExample, eos_token: str) -> tuple[Rendered, Rendered]:
+        """Prompt + chosen and prompt + rejected (see :func:`~elmtune.datasets.templates.render_preference`)."""
+        return render_preference(example, self.config.template, eos_token=eos_token)
+
+    def shorten(self, sequences: list[Encoded]) -> list[Encoded]:
+        """Both sequences cut as the module docstring describes."""
+        return [_shorten(ids, labels, self.config, cut_prompt=True) for ids, labels in sequences]
+
+    def build(self, example: PreferenceExample, sequences: list[Encoded], truncated: bool) -> TokenizedPair:
+        """A :class:`TokenizedPair`."""
+        (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = sequences
+        return TokenizedPair(chosen_ids, chosen_labels, rejected_ids, rejected_labels, example.where, truncated)
+
+
 def tokenize_preference(
     examples: Iterable[PreferenceExample],
     tokenizer: Any,
@@ -126,67 +148,14 @@ def tokenize_preference(
         skip_invalid: Skip pairs whose text holds a special-token string instead of raising.
 
     Returns:
-        The kept pairs in input order and a :class:`~elmtune.datasets.encoding.TokenizeReport` (``tokens`` counts
-        both sequences of each pair).
+        The kept pairs in input order and a :class:`~elmtune.datasets.tokenize_pipeline.TokenizeReport` (``tokens``
+        counts both sequences of each pair).
 
     Raises:
         DataRowError: Special-token text (unless ``skip_invalid``), or an over-long pair with ``overlong="error"``.
     """
-    config = config or PreferenceTokenizeConfig()
-    eos = tokenizer.eos_token or "</s>"
-    examples = list(examples)
-    valid, invalid = [], 0
-    for example in examples:
-        try:
-            check_special_text(example, tokenizer)
-            valid.append(example)
-        except DataRowError:
-            if not skip_invalid:
-                raise
-            invalid += 1
-    rendered = [render_preference(e, config.template, eos_token=eos) for e in valid]
-    encoded = encode_rendered([r for pair in rendered for r in pair], tokenizer)
-    pairs: list[TokenizedPair] = []
-    truncated = dropped_overlong = dropped_no_target = dropped_identical = longest = tokens = targets = 0
-    for i, example in enumerate(valid):
-        (c_ids, c_labels), (r_ids, r_labels) = encoded[2 * i], encoded[2 * i + 1]
-        length = max(len(c_ids), len(r_ids))
-        longest = max(longest, length)
-        was_cut = length > config.max_length
-        if was_cut:
-            if config.overlong == "error":
-                raise DataRowError(
-                    example.where or "example", f"{length} tokens, more than max_length {config.max_length}"
-                )
-            if config.overlong == "drop":
-                dropped_overlong += 1
-                continue
-            c_ids, c_labels = _shorten(c_ids, c_labels, config, cut_prompt=True)
-            r_ids, r_labels = _shorten(r_ids, r_labels, config, cut_prompt=True)
-        n_c, n_r = int((c_labels != IGNORE_INDEX).sum()), int((r_labels != IGNORE_INDEX).sum())
-        if n_c == 0 or n_r == 0:
-            dropped_no_target += 1
-            continue
-        if len(c_ids) == len(r_ids) and bool((np.asarray(c_ids) == np.asarray(r_ids)).all()):
-            dropped_identical += 1
-            continue
-        truncated += was_cut
-        tokens += len(c_ids) + len(r_ids)
-        targets += n_c + n_r
-        pairs.append(TokenizedPair(c_ids, c_labels, r_ids, r_labels, example.where, was_cut))
-    report = TokenizeReport(
-        examples=len(examples),
-        kept=len(pairs),
-        truncated=truncated,
-        dropped_overlong=dropped_overlong,
-        dropped_no_target=dropped_no_target,
-        invalid=invalid,
-        dropped_identical=dropped_identical,
-        tokens=tokens,
-        target_tokens=targets,
-        longest=longest,
-    )
-    return pairs, report
+    rendering = PreferenceRendering(config or PreferenceTokenizeConfig())
+    return tokenize_examples(examples, tokenizer, rendering, skip_invalid=skip_invalid)
 
 
 def collate_preference(

@@ -13,14 +13,14 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from elmtune.datasets.collate import collate_padded
-from elmtune.datasets.encoding import OVERLONG, SIDES, TokenizeConfig, TokenizeReport, tokenize_sft
+from elmtune.datasets.config import DataConfig
 from elmtune.datasets.errors import DataSourceError
-from elmtune.datasets.formats import FORMATS
+from elmtune.datasets.formats import PREFERENCE_FORMATS
 from elmtune.datasets.loading import (
     LoadReport,
     detect_source_format,
@@ -29,83 +29,11 @@ from elmtune.datasets.loading import (
 )
 from elmtune.datasets.packing import PackedDataset, collate_packed
 from elmtune.datasets.preference import PreferenceTokenizeConfig, collate_preference, tokenize_preference
-from elmtune.datasets.templates import TEMPLATES
+from elmtune.datasets.supervised import TokenizeConfig, tokenize_sft
+from elmtune.datasets.tokenize_pipeline import TokenizeReport
 from elmtune.models import PAD_TOKEN_ID
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Everything about the data of one run.
-
-    Attributes:
-        path: Local file, dataset directory or Hugging Face Hub dataset id.
-        format: ``auto`` or one of ``alpaca``, ``commonsense``, ``messages``, ``prompt_completion``, ``text``,
-            ``preference``.
-        split: Split of a directory or hub dataset.
-        subset: Hub configuration name.
-        revision: Hub revision.
-        template: ``auto``, ``alpaca``, ``chat`` or ``plain``.
-        max_length: Longest sequence in tokens (BOS and EOS included).
-        max_prompt_length: Preference data: longest prompt once a pair must be shortened.
-        train_on_prompt: SFT: train on every token, prompt included (Apple's commonsense recipe).
-        overlong: ``truncate``, ``drop`` or ``error`` for examples longer than ``max_length``.
-        truncation_side: SFT: ``right`` keeps the start, ``left`` keeps BOS and the end.
-        skip_invalid: Skip and count bad rows instead of stopping at the first.
-        packing: SFT: pack several examples per row of ``max_length`` tokens (block-diagonal attention).
-        pack_strategy: ``best_fit`` or ``sequential``.
-        system_prompt: Chat template: a system turn for conversations without one.
-        limit: Use only the first ``limit`` valid rows.
-        validation_size: Hold out this many examples (an int) or this fraction (a float in (0, 1)) for evaluation.
-        seed: Seed of the hold-out split.
-        pad_to_multiple_of: Round padded lengths up to a multiple of this.
-    """
-
-    path: str
-    format: str = "auto"
-    split: str = "train"
-    subset: str | None = None
-    revision: str | None = None
-    template: str = "auto"
-    max_length: int = 2048
-    max_prompt_length: int = 512
-    train_on_prompt: bool = False
-    overlong: Literal["truncate", "drop", "error"] = "truncate"
-    truncation_side: Literal["right", "left"] = "right"
-    skip_invalid: bool = False
-    packing: bool = False
-    pack_strategy: Literal["best_fit", "sequential"] = "best_fit"
-    system_prompt: str | None = None
-    limit: int | None = None
-    validation_size: int | float = 0
-    seed: int = 0
-    pad_to_multiple_of: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.format in ("auto", *FORMATS), f"format must be auto or one of {', '.join(FORMATS)}"),
-            (self.template in TEMPLATES, f"template must be one of {', '.join(TEMPLATES)}"),
-            (self.overlong in OVERLONG, f"overlong must be one of {', '.join(OVERLONG)}"),
-            (self.truncation_side in SIDES, "truncation_side must be right or left"),
-            (self.pack_strategy in ("best_fit", "sequential"), "pack_strategy must be best_fit or sequential"),
-            (self.max_length >= 2, "max_length must be at least 2"),
-            (self.limit is None or self.limit > 0, "limit must be positive"),
-            (self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "pad_to_multiple_of must be positive"),
-            (not (self.packing and self.format == "preference"), "packing is for SFT data, not preference pairs"),
-            (_valid_holdout(self.validation_size), "validation_size must be an int >= 0 or a float in [0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-def _valid_holdout(size: int | float) -> bool:
-    if isinstance(size, bool):
-        return False
-    if isinstance(size, int):
-        return size >= 0
-    return isinstance(size, float) and 0.0 <= size < 1.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +72,7 @@ class PreparedData:
             f"{self.load_report.invalid + t.invalid} invalid skipped, {t.truncated} truncated, "
             f"{t.dropped_overlong + t.dropped_no_target} dropped"
             + (f", {t.dropped_identical} identical pairs skipped" if t.dropped_identical else "")
+            + (f", {drops}" if (drops := self.load_report.pair_drops.describe()) else "")
             + f"; {len(self.train)} training {items}{held}; "
             f"{t.tokens} tokens ({t.target_tokens} targets)"
         )
@@ -194,11 +123,11 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
             config.path, split=config.split, subset=config.subset, revision=config.revision
         )
     source = {"split": config.split, "subset": config.subset, "revision": config.revision}
-    if data_format == "preference":
+    if data_format in PREFERENCE_FORMATS:
         if config.packing:
             raise ValueError("packing is for SFT data, not preference pairs")
         pairs, load_report = load_preference_examples(
-            config.path, skip_invalid=config.skip_invalid, limit=config.limit, **source
+            config.path, data_format, skip_invalid=config.skip_invalid, limit=config.limit, seed=config.seed, **source
         )
         pref_config = PreferenceTokenizeConfig(
             max_length=config.max_length,

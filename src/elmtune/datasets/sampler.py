@@ -136,8 +136,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.batch_index = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch (a no-op for the epoch already in progress, so a resumed position
-        survives loaders that call ``set_epoch`` on every pass)."""
+        """Start ``epoch`` from its first batch.
+
+        A no-op for the epoch already in progress, so a resumed position survives loaders that call ``set_epoch`` on
+        every pass.
+        """
         if epoch != self.epoch:
             self.epoch, self.batch_index = epoch, 0
 

@@ -1,4 +1,4 @@
-"""Prompt templates, and the one place that decides where EOS goes and which text is a training target.
+r"""Prompt templates, and the one place that decides where EOS goes and which text is a training target.
 
 Three templates render examples into text segments (each marked target or not):
 
@@ -53,7 +53,7 @@ OPENELM_INSTRUCT_CHAT_TEMPLATE = (
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the field is called input
-    """The LLM-Adapters / CoreNet training prompt with an empty response.
+    r"""The LLM-Adapters / CoreNet training prompt with an empty response.
 
     This is the context of Apple's multiple-choice scoring (spec 7.9): it ends with ``### Response:\\n`` and 16
     spaces. The full training text is ``alpaca_prompt(instruction, input) + output``.
@@ -79,13 +79,8 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the
     )
 
 
-def alpaca_text(instruction: str, output: str, input: str = "") -> str:  # noqa: A002
-    """The full LLM-Adapters / CoreNet training text (without BOS and EOS)."""
-    return alpaca_prompt(instruction, input) + output
-
-
 def llm_adapters_eval_prompt(instruction: str, input: str = "") -> str:  # noqa: A002
-    """LLM-Adapters' generation-evaluation prompt (``commonsense_evaluate.py``), not used for training.
+    r"""LLM-Adapters' generation-evaluation prompt (``commonsense_evaluate.py``), not used for training.
 
     It differs from :func:`alpaca_prompt`: its separator lines are truly empty, the no-input preamble has one
     trailing space and the with-input preamble none. It ends after ``### Response:\\n`` and 16 spaces.
@@ -98,21 +93,6 @@ def llm_adapters_eval_prompt(instruction: str, input: str = "") -> str:  # noqa:
             f"{_INDENT}### Response:\n{_INDENT}"
         )
     return f"{_PREAMBLE} \n\n{_INDENT}### Instruction:\n{_INDENT}{instruction}\n\n{_INDENT}### Response:\n{_INDENT}"
-
-
-def chat_text(messages: Iterable[Message], *, add_generation_prompt: bool = False, eos_token: str = EOS_TEXT) -> str:
-    """Render a conversation in OpenELM-Instruct's Zephyr-style format.
-
-    Args:
-        messages: The turns.
-        add_generation_prompt: End with ``<|assistant|>\\n`` so the model writes the next reply.
-        eos_token: The EOS text closing every turn.
-
-    Returns:
-        ``<|system|>\\n{system}</s>\\n<|user|>\\n{user}</s>\\n<|assistant|>\\n{reply}</s>\\n``...
-    """
-    text = "".join(f"<|{m.role}|>\n{m.content}{eos_token}\n" for m in messages)
-    return text + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
 @dataclass(frozen=True)
@@ -179,8 +159,10 @@ def _user_turn(example: InstructionExample | CompletionExample) -> str:
 
 
 def default_template(example: SFTExample | PreferenceExample) -> str:
-    """The template ``auto`` picks: alpaca for instruction rows, chat for conversations and preference pairs, plain
-    for text and prompt/completion rows."""
+    """The template ``auto`` picks.
+
+    Alpaca for instruction rows, chat for conversations and preference pairs, plain for text and prompt/completion rows.
+    """
     if isinstance(example, InstructionExample):
         return "alpaca"
     if isinstance(example, ChatExample | PreferenceExample):
@@ -242,7 +224,7 @@ def render_sft(
 def render_preference(
     example: PreferenceExample, template: str = "auto", *, eos_token: str = EOS_TEXT
 ) -> tuple[Rendered, Rendered]:
-    """Render prompt + chosen and prompt + rejected; the reply and its EOS are the targets.
+    r"""Render prompt + chosen and prompt + rejected; the reply and its EOS are the targets.
 
     Args:
         example: The preference pair.

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import torch
 
 from elmtune.errors import ElmtuneError
+from elmtune.evaluation.config import BatchSize
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-BatchSize = int | Literal["auto"]
 
 AUTO_TOKEN_BUDGET = {"cpu": 4096, "default": 32768}
 """Tokens per forward pass that ``auto`` starts from (padded rows x width), per device type."""

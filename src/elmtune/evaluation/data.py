@@ -1,20 +1,84 @@
-"""Local evaluation files: reading JSON / JSON Lines, hashing, and mapping ``--data`` entries to task files."""
+"""Evaluation data: local files, task files, LLM-Adapters rows, and the typed questions every protocol produces.
+
+Local JSON / JSON Lines files are read as rows, ``--data`` entries are mapped to task files, and each protocol turns
+rows into multiple-choice :class:`Question` objects whose choices are scored as :class:`ChoiceScore` values.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from elmtune.errors import ElmtuneError
+from elmtune.file_digest import sha256_file
 
 DATA_SUFFIXES = (".json", ".jsonl")
 _SPLIT_STEMS = ("test", "validation", "valid", "val", "dev", "train")
+_LLM_ADAPTERS_FIELDS = ("instruction", "answer")
 
 
 class DataError(ElmtuneError):
     """An evaluation file is missing, unreadable or in the wrong schema."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question as (context, continuation) requests, one request per choice.
+
+    Attributes:
+        task: Task name the question belongs to.
+        index: Row of the question in its source file (before any shuffle).
+        requests: ``(context, continuation)`` per choice. Usually one context shared by all choices; partial scoring
+            (WinoGrande) has one context per choice and a shared continuation.
+        gold: Index of the correct choice.
+        labels: Printable label per choice (``answer2``, the choice text...), used in per-example output.
+        norm_lengths: Character length per choice that ``acc_norm`` divides by.
+        meta: Extra fields copied into the per-example output.
+    """
+
+    task: str
+    index: int
+    requests: tuple[tuple[str, str], ...]
+    gold: int
+    labels: tuple[str, ...]
+    norm_lengths: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.requests:
+            raise ValueError(f"{self.task} row {self.index}: a question needs at least one choice")
+        if not len(self.requests) == len(self.labels) == len(self.norm_lengths):
+            raise ValueError(f"{self.task} row {self.index}: requests, labels and norm_lengths differ in length")
+        if not 0 <= self.gold < len(self.requests):
+            raise ValueError(f"{self.task} row {self.index}: gold {self.gold} is not a choice index")
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    """Log-likelihood of one continuation.
+
+    Attributes:
+        loglikelihood: Sum of the continuation tokens' log-probabilities (fp32).
+        num_tokens: Number of continuation tokens scored.
+        is_greedy: Whether every continuation token is the model's argmax.
+    """
+
+    loglikelihood: float
+    num_tokens: int
+    is_greedy: bool
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.loglikelihood):
+            from elmtune.models.finite import NonFiniteError
+
+            raise NonFiniteError(
+                f"a log-likelihood is {self.loglikelihood}: the model produced NaN or infinite logits, so no score "
+                "can be computed; check the model and adapter weights (or evaluate in fp32)"
+            )
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -124,3 +188,22 @@ def pick_tasks(
             raise DataError(f"no data file for task '{task}'; found {', '.join(available) or 'nothing'}")
         chosen[name] = by_name[name]
     return chosen
+
+
+def load_rows(path: Path, task: str) -> list[dict[str, Any]]:
+    """Rows of an LLM-Adapters test file, each tagged with its ``_index`` in the file.
+
+    Raises:
+        DataError: A row lacks ``instruction`` or ``answer``.
+    """
+    rows = read_rows(path)
+    for i, row in enumerate(rows):
+        missing = [key for key in _LLM_ADAPTERS_FIELDS if key not in row]
+        if missing:
+            raise DataError(f"{path} row {i + 1} ({task}): missing {', '.join(missing)}; is this an LLM-Adapters file?")
+    return [{**row, "_index": i} for i, row in enumerate(rows)]
+
+
+def file_provenance(path: Path) -> list[dict[str, str]]:
+    """The provenance record of a local data file: its path and SHA-256."""
+    return [{"path": str(path), "sha256": sha256_file(path)}]

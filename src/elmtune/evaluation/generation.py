@@ -3,13 +3,17 @@
 The prompt is LLM-Adapters' evaluation prompt (not the training prompt); at most ``max_new_tokens`` (32) tokens are
 generated, greedily by default or with beam search (LLM-Adapters used 4 beams; its temperature/top-p/top-k settings
 have no effect without sampling). The decoded text after ``### Response:`` is searched for the task's answer
-vocabulary and the first hit is the prediction; text without any hit counts as wrong and as unparseable.
+vocabulary and the first hit is the prediction; text without any hit counts as wrong and as unparseable. The task's
+result reports ``acc`` and ``unparsed``, the share of answers without any hit.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,33 +21,41 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from elmtune.evaluation.batching import Batcher, BatchSize
-from elmtune.evaluation.prompts import (
-    answer_pattern,
-    extract_answer,
-    llm_adapters_eval_prompt,
-    parse_candidates,
-    response_text,
-)
+from elmtune.datasets.templates import llm_adapters_eval_prompt
+from elmtune.evaluation.batching import Batcher
+from elmtune.evaluation.config import BatchSize, EvalConfig, GenerationSettings
+from elmtune.evaluation.data import DataError, file_provenance, load_rows
+from elmtune.evaluation.protocols import apple_subset, parse_candidates
+from elmtune.evaluation.report import TaskResult, mean_metric
+
+ANSWER_PATTERNS: dict[str, str] = {
+    "boolq": r"true|false",
+    "piqa": r"solution1|solution2",
+    "social_i_qa": r"answer1|answer2|answer3|answer4|answer5",
+    "ARC-Challenge": r"answer1|answer2|answer3|answer4|answer5",
+    "ARC-Easy": r"answer1|answer2|answer3|answer4|answer5",
+    "openbookqa": r"answer1|answer2|answer3|answer4|answer5",
+    "hellaswag": r"ending1|ending2|ending3|ending4",
+    "winogrande": r"option1|option2",
+}
+"""LLM-Adapters' answer vocabulary per task (the regex its generation protocol searches)."""
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings of the generation protocol.
+def answer_pattern(task: str, candidates: list[str]) -> str:
+    """The regex of ``task``'s answer vocabulary; other tasks use their parsed candidates."""
+    return ANSWER_PATTERNS.get(task) or "|".join(re.escape(c) for c in sorted(candidates, key=len, reverse=True))
 
-    Attributes:
-        num_beams: 1 for greedy decoding (default), 4 for LLM-Adapters' beam search.
-        max_new_tokens: Tokens generated per question (LLM-Adapters: 32).
-    """
 
-    num_beams: int = 1
-    max_new_tokens: int = 32
+def extract_answer(generated: str, pattern: str) -> str:
+    """The first hit of ``pattern`` in the generated text (stripped), or ``""`` when there is none."""
+    hits = re.findall(pattern, generated.strip())
+    return hits[0] if hits else ""
 
-    def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be at least 1, not {self.num_beams}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+
+def response_text(decoded: str) -> str:
+    """The text after the first ``### Response:`` marker of a decoded prompt + generation, stripped."""
+    parts = decoded.split("### Response:")
+    return parts[1].strip() if len(parts) > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -146,3 +158,49 @@ def generate_answers(
         pattern = answer_pattern(task, parse_candidates(row["instruction"]))
         answers.append(GeneratedAnswer(row.get("_index", i), output, extract_answer(output, pattern), row["answer"]))
     return answers
+
+
+def run_llm_adapters(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str, path: Path, config: EvalConfig
+) -> TaskResult:
+    """LLM-Adapters' generation protocol on one test file: accuracy and the share of unparseable answers."""
+    rows = apple_subset(load_rows(path, task), config.limit, config.seed)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    start = time.perf_counter()
+    answers = generate_answers(
+        model,
+        tokenizer,
+        rows,
+        task,
+        settings=config.generation,
+        add_bos=config.add_bos,
+        batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    seconds = time.perf_counter() - start
+    examples = [
+        {
+            "task": task,
+            "index": a.index,
+            "output": a.output,
+            "prediction": a.prediction,
+            "answer": a.answer,
+            "acc": float(a.correct),
+            "parsed": a.parsed,
+        }
+        for a in answers
+    ]
+    return TaskResult(
+        task=task,
+        protocol="llm-adapters",
+        metrics=[
+            mean_metric("acc", [float(a.correct) for a in answers]),
+            mean_metric("unparsed", [float(not a.parsed) for a in answers]),
+        ],
+        seconds=seconds,
+        data=file_provenance(path),
+        examples=examples,
+        bos=config.add_bos,
+        details={"num_beams": config.generation.num_beams, "max_new_tokens": config.generation.max_new_tokens},
+    )

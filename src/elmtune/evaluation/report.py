@@ -1,13 +1,18 @@
-"""Evaluation results: per-task metrics with their labels, the results JSON, per-example JSON Lines, Markdown tables."""
+"""Evaluation results: metrics, per-task results, the results JSON, per-example JSON Lines and Markdown tables.
+
+Predictions, ``acc`` / ``acc_norm`` and their standard errors are computed as lm-eval computes them.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elmtune.evaluation.data import ChoiceScore, Question
 from elmtune.output_paths import StagedDirectory
 
 PROTOCOL_DESCRIPTIONS = {
@@ -16,17 +21,71 @@ PROTOCOL_DESCRIPTIONS = {
     "lm-eval": "lm-eval task prompts, log-likelihood of each choice",
     "mc": "local multiple-choice file, log-likelihood of each choice (lm-eval multiple_choice)",
     "lm-eval-harness": "lm-eval's own evaluator on this model",
+    "preference": "held-out preference pairs, summed reply log-probs; implicit rewards against the base (TRL's DPO)",
 }
+
+
+def argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; the first one on ties (as ``numpy.argmax``)."""
+    best = 0
+    for i, value in enumerate(values):
+        if value > values[best]:
+            best = i
+    return best
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-question predictions: ``pred`` by summed log-likelihood, ``pred_norm`` by log-likelihood per character."""
+
+    pred: int
+    pred_norm: int
+
+
+def predict(question: Question, scores: Sequence[ChoiceScore]) -> Prediction:
+    """The argmax of the summed log-likelihoods and of the log-likelihoods divided by each choice's character length."""
+    lls = [score.loglikelihood for score in scores]
+    per_char = [ll / length for ll, length in zip(lls, question.norm_lengths, strict=True)]
+    return Prediction(argmax(lls), argmax(per_char))
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean (0.0 for no values)."""
+    return sum(values) / len(values) if values else 0.0
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean with the sample standard deviation (n - 1), as lm-eval's ``mean_stderr``."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = mean(values)
+    return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
 
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One metric of one task: its mean over ``n`` questions and the standard error of that mean."""
+    """One metric of one task: its mean over ``n`` questions and the standard error of that mean.
+
+    Attributes:
+        metric: The metric's name.
+        value: The mean.
+        stderr: The standard error of the mean (NaN when unknown).
+        n: Questions (or pairs) averaged.
+        percent: Whether the value is a share, shown in percent (accuracies); else a plain number, shown as is
+            (margins, rewards, log-probabilities).
+    """
 
     metric: str
     value: float
     stderr: float
     n: int
+    percent: bool = True
+
+
+def mean_metric(name: str, values: Sequence[float], *, percent: bool = True) -> MetricValue:
+    """The metric ``name`` as the mean of per-question ``values``, with its standard error (see ``MetricValue``)."""
+    return MetricValue(name, mean(values), mean_stderr(values), len(values), percent)
 
 
 @dataclass
@@ -43,6 +102,7 @@ class TaskResult:
         shots: Few-shot examples in the prompt (always 0 for the built-in protocols).
         bos: Whether BOS was prepended.
         details: Protocol details (layout, beams, template...).
+        note: One line printed under the table (counts of skipped rows), or ``""``.
     """
 
     task: str
@@ -54,6 +114,7 @@ class TaskResult:
     shots: int = 0
     bos: bool | None = True
     details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     @property
     def n(self) -> int:
@@ -178,21 +239,34 @@ def _percent(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
+def _number(value: float, percent: bool) -> str:
+    if not percent:
+        return "–" if value is None or math.isnan(value) else f"{value:.4f}"
+    return _percent(value)
+
+
 def _with_stderr(metric: MetricValue) -> str:
     if math.isnan(metric.stderr):
-        return _percent(metric.value)
-    return f"{_percent(metric.value)} ± {_percent(metric.stderr)}"
+        return _number(metric.value, metric.percent)
+    return f"{_number(metric.value, metric.percent)} ± {_number(metric.stderr, metric.percent)}"
+
+
+def _difference(metric: MetricValue, other: MetricValue) -> str:
+    difference = metric.value - other.value
+    return f"{100 * difference:+.2f}" if metric.percent else f"{difference:+.4f}"
 
 
 def markdown_table(results: ModelResults, baseline: ModelResults | None = None) -> str:
-    """Render results as a Markdown table (values in percent, ± one standard error).
+    """Render results as a Markdown table (shares in percent, other values as they are; ± one standard error).
 
     Args:
         results: The evaluated model's results.
-        baseline: Results of the model it is compared with; adds its column and ``Δ = results - baseline``.
+        baseline: Results of the model it is compared with; adds its column and ``Δ = results - baseline``
+            (``n/a`` where the baseline has no such metric).
 
     Returns:
-        The table, with a header line saying protocol, shots and BOS handling of every row.
+        The table, with a header line saying protocol, shots and BOS handling of every row, and the tasks' notes
+        under it.
     """
     if baseline is None:
         lines = ["| task | metric | value | n | protocol | shots | BOS |", "|---|---|---:|---:|---|---:|---|"]
@@ -210,10 +284,12 @@ def markdown_table(results: ModelResults, baseline: ModelResults | None = None) 
                 lines.append(f"| {task.task} | {metric.metric} | {_with_stderr(metric)} | {tail}")
                 continue
             match = other.metric(metric.metric) if other is not None else None
-            base = _with_stderr(match) if match is not None else "–"
-            delta = f"{100 * (metric.value - match.value):+.2f}" if match is not None else "–"
+            missing = "n/a" if other is not None else "–"
+            base = _with_stderr(match) if match is not None else missing
+            delta = _difference(metric, match) if match is not None else missing
             lines.append(f"| {task.task} | {metric.metric} | {_with_stderr(metric)} | {base} | {delta} | {tail}")
-    return "\n".join(lines)
+    notes = [f"{task.task}: {task.note}" for task in results.tasks if task.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def settings_dict(config: Any) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Continuation log-likelihoods with shared-prefix batching.
 
-Every question is tokenised with lm-eval's semantics (:mod:`elmtune.evaluation.encoding`), laid out as one
-shared-prefix row (or full rows, see :mod:`elmtune.evaluation.layout`), sorted longest first, right-padded and batched.
-Log-probabilities are computed in fp32 from the logits of the needed positions only. A row's result never depends on
-its neighbours: padding is masked and positions are explicit.
+Every question is tokenised with lm-eval's semantics, laid out as one shared-prefix row (or full rows; both in
+:mod:`elmtune.evaluation.rows`), sorted longest first, right-padded and batched. Log-probabilities are computed in
+fp32 from the logits of the needed positions only. A row's result never depends on its neighbours: padding is masked
+and positions are explicit.
 
 OpenELM (native, plain or with peft adapters) accepts the 4-D masks and position ids of the shared-prefix layout. Any
 other transformers causal LM is probed once: if its shared-prefix scores of a question do not match its full-sequence
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +21,23 @@ from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from elmtune.evaluation.batching import Batcher, BatchSize
-from elmtune.evaluation.encoding import EncodedRequest, encode_request
-from elmtune.evaluation.items import ChoiceScore, Question
-from elmtune.evaluation.layout import Row, attention_mask, collate, common_prefix, plan_rows
-from elmtune.evaluation.packing import pack_rows, packed_mask
+from elmtune.evaluation.batching import Batcher
+from elmtune.evaluation.config import BatchSize, Layout
+from elmtune.evaluation.data import ChoiceScore, Question
+from elmtune.evaluation.rows import (
+    EncodedRequest,
+    Row,
+    attention_mask,
+    collate,
+    common_prefix,
+    encode_request,
+    pack_rows,
+    packed_mask,
+    plan_rows,
+)
 from elmtune.models.modeling import CACHE_FIELD
 
 logger = logging.getLogger(__name__)
-
-Layout = Literal["auto", "shared", "full"]
 
 DEFAULT_MAX_LENGTH = 2048
 MIN_BATCH_PREFIX = 16
@@ -198,7 +204,7 @@ class LoglikelihoodScorer:
 
         The batch's common prefix (at least ``MIN_BATCH_PREFIX`` tokens) is encoded once and its KV cache shared; the
         rest of the rows is packed into short sequences without padding between rows
-        (:mod:`elmtune.evaluation.packing`); the output head runs on the target positions only.
+        (:mod:`elmtune.evaluation.rows`); the output head runs on the target positions only.
         """
         prefix = common_prefix(rows) if len(rows) > 1 else 0
         packed = pack_rows(rows, prefix if prefix >= MIN_BATCH_PREFIX else 0, self.pad_id)

@@ -2,8 +2,7 @@
 
 A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
 
-    adapter/              the adapter in PEFT format        } written by a caller-supplied function
-    trainable.safetensors every trainable tensor, by name  }
+    adapter/              the adapter in PEFT format (written by a caller-supplied function; resume reads it)
     optimizer.pt          optimizer state (tensors and numbers only; loaded with ``weights_only=True``)
     scheduler.json        LR scheduler state
     rng-rank{N}.pt        torch / CUDA RNG states of process N (tensors), loaded with ``weights_only=True``
@@ -15,15 +14,17 @@ A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
 Checkpoints written before per-process RNG files hold a single ``rng.pt`` / ``rng.json``; they are still read (every
 process then restores the same states, as they were saved).
 
-It is first written to a hidden temporary directory, every file is fsynced, then the directory is renamed into place
-(atomic on POSIX) and the parent fsynced. A process killed mid-write leaves only the temporary directory, which is
-ignored and cleaned up later; the previous checkpoint stays intact.
+It is published with :class:`~elmtune.output_paths.StagedDirectory`: written to a hidden sibling, fsynced, then
+renamed into place. A process killed mid-write leaves only the hidden sibling, which is ignored and cleaned up by the
+next save; the previous checkpoint stays intact.
+
+Checkpoints of earlier versions also hold ``trainable.safetensors`` (the same tensors as ``adapter/``); it is not read,
+and they resume from their ``adapter/`` like any other.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -37,11 +38,11 @@ import torch
 import yaml
 
 from elmtune.errors import ElmtuneError
-from elmtune.finetune.checkpoint_integrity import write_manifest
-from elmtune.output_paths import removed_on_failure
+from elmtune.finetune.checkpoint_integrity import ADAPTER_DIR, write_manifest
+from elmtune.output_paths import StagedDirectory
+from elmtune.recipe_yaml import load_recipe_yaml
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -72,22 +73,6 @@ class TrainerState:
     total_steps: int | None = None
     num_processes: int | None = None
     data_sha256: str | None = None
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 RngStates = tuple[dict[str, Any], dict[str, Any]]
@@ -131,22 +116,15 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root``, or None."""
-    dirs = checkpoint_dirs(root)
-    return dirs[-1] if dirs else None
-
-
 def save_checkpoint(
     root: Path,
     state: TrainerState,
     *,
-    write_model: Callable[[Path], None],
+    write_adapter: Callable[[Path], None],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: dict[str, Any],
     keep_last: int | None = None,
-    extra_tensors: dict[str, Any] | None = None,
     rng: list[RngStates] | None = None,
 ) -> Path:
     """Write a checkpoint for ``state.step`` atomically and prune older ones.
@@ -154,44 +132,36 @@ def save_checkpoint(
     Args:
         root: The run's ``checkpoints/`` directory.
         state: Counters to store.
-        write_model: Writes the model's part (adapter, trainable tensors) into the directory it is given.
+        write_adapter: Writes the adapter (PEFT format) into the directory it is given.
         optimizer: Optimizer whose state is saved.
         scheduler: LR scheduler whose state is saved.
         config: The full run config (written as YAML).
         keep_last: Keep only this many newest checkpoints (None: keep all).
-        extra_tensors: More tensor state to store in ``extra.pt`` (e.g. a gradient scaler's).
         rng: The RNG states of every process, by rank (gathered by the caller); None stores this process's as rank 0.
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        OutputWriteError: The disk filled up while writing (nothing of this checkpoint is left behind).
     """
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:08d}"
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with removed_on_failure(tmp, final):  # a failed write (a full disk, non-finite weights) leaves no partial copy
-        tmp.mkdir()
-        write_model(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
+    staged = StagedDirectory(root / f"step-{state.step:08d}", overwrite=True)  # a re-saved step is replaced whole
+    with staged as directory:
+        write_adapter(directory / ADAPTER_DIR)
+        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+        (directory / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_not_serializable))
         for rank, (tensors, plain) in enumerate(rng if rng is not None else [rng_states()]):
             tensor_name, json_name = rng_file_names(rank)
-            torch.save(tensors, tmp / tensor_name)
-            (tmp / json_name).write_text(json.dumps(plain))
-        if extra_tensors:
-            torch.save(extra_tensors, tmp / "extra.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        write_manifest(tmp)
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (e.g. the final step after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    _fsync_dir(root)
+            torch.save(tensors, directory / tensor_name)
+            (directory / json_name).write_text(json.dumps(plain))
+        (directory / "trainer_state.json").write_text(json.dumps(state.__dict__, indent=1))
+        (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_manifest(directory)
+        final = staged.commit()
     for stale in root.iterdir():
-        if stale.name.startswith(TMP_PREFIX) and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-write
+        if stale.name.startswith(".") and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)  # staged by a process killed mid-write
     if keep_last is not None:
         for old in checkpoint_dirs(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -204,18 +174,18 @@ def _not_serializable(value: object) -> Any:
 
 @dataclass
 class LoadedCheckpoint:
-    """What :func:`load_checkpoint` read; the caller restores model, optimizer and scheduler from it."""
+    """What :func:`load_checkpoint` read; the caller restores adapter, optimizer, scheduler and RNG states from it."""
 
     path: Path
     state: TrainerState
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     config: dict[str, Any]
-    extra: dict[str, Any]
 
     @property
     def adapter_dir(self) -> Path:
-        return self.path / "adapter"
+        """The checkpoint's adapter (PEFT format)."""
+        return self.path / ADAPTER_DIR
 
 
 def read_rng_states(path: Path, rank: int = 0) -> RngStates:
@@ -242,15 +212,12 @@ def read_rng_states(path: Path, rank: int = 0) -> RngStates:
 def read_checkpoint_meta(path: Path) -> tuple[TrainerState, dict[str, Any]]:
     """The trainer state and the run config stored in checkpoint ``path`` (without loading any tensors)."""
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-    return state, yaml.safe_load((path / "config.yaml").read_text())
+    return state, load_recipe_yaml(path / "config.yaml")
 
 
-def load_checkpoint(path: Path, restore_rng: bool = True, rank: int = 0) -> LoadedCheckpoint:
-    """Read a checkpoint directory (and, by default, restore the RNG states it holds for process ``rank``)."""
+def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    """Read a checkpoint's counters, config, optimizer and scheduler states (RNG states: :func:`read_rng_states`)."""
     state, config = read_checkpoint_meta(path)
     optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     scheduler = json.loads((path / "scheduler.json").read_text())
-    extra = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
-    if restore_rng:
-        restore_rng_states(*read_rng_states(path, rank))
-    return LoadedCheckpoint(path, state, optimizer, scheduler, config, extra)
+    return LoadedCheckpoint(path, state, optimizer, scheduler, config)

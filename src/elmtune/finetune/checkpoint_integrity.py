@@ -3,7 +3,8 @@
 :func:`write_manifest` records the size and sha256 of every file of a checkpoint in ``manifest.json`` just before
 the checkpoint is renamed into place. :func:`checkpoint_problem` compares the files with it (a missing, truncated or
 garbled file is named) and then parses every file a resume reads, so checkpoints written before manifests existed
-are checked too.
+are checked too. The adapter is read from ``adapter/`` (PEFT format); a ``trainable.safetensors`` that checkpoints of
+earlier versions also hold is covered by their manifest but not read.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from elmtune.adapters.io import CONFIG_FILE, WEIGHTS_FILE
 from elmtune.file_digest import sha256_file
 
 MANIFEST = "manifest.json"
+ADAPTER_DIR = "adapter"
+"""The checkpoint's adapter in PEFT format: what users load, and what a resume reads."""
 _PARSE_ERRORS = (OSError, ValueError, RuntimeError, EOFError, TypeError, KeyError, pickle.UnpicklingError)
 
 
@@ -75,7 +79,8 @@ def checkpoint_problem(path: Path) -> str | None:
         if problem:
             return problem
     rng = sorted(p.name for p in path.glob("rng-rank*.pt")) or ["rng.pt"]
-    required = ["trainer_state.json", "config.yaml", "scheduler.json", "optimizer.pt", "trainable.safetensors", *rng]
+    adapter = [f"{ADAPTER_DIR}/{CONFIG_FILE}", f"{ADAPTER_DIR}/{WEIGHTS_FILE}"]
+    required = ["trainer_state.json", "config.yaml", "scheduler.json", "optimizer.pt", *adapter, *rng]
     required += [name.replace(".pt", ".json") for name in rng]
     for name in required:
         file = path / name

@@ -7,29 +7,23 @@ A recipe has four sections, each a frozen dataclass with its own validation::
     data: {path: train.json, ...}            # elmtune.datasets.DataConfig
     train: {lr: 3e-4, ...}                   # TrainConfig below
 
-Unknown keys anywhere are an error that names the section and lists the known keys.
+Every section is read by :func:`elmtune.config_mapping.section_from_mapping`: unknown keys are an error that names the
+section and lists the known keys, and every error is a :class:`~elmtune.errors.ConfigError` naming the key.
+This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from elmtune.adapters.config import AdapterConfig
-from elmtune.datasets.prepare import DataConfig
-from elmtune.errors import ElmtuneError, UsageError
-from elmtune.recipe_yaml import load_recipe_yaml
-
-
-class ConfigError(UsageError):
-    """A recipe or flag value is invalid."""
+from elmtune.config_mapping import require, section_from_mapping, section_to_dict
+from elmtune.datasets.config import DataConfig
+from elmtune.errors import ConfigError
+from elmtune.recipe_yaml import read_config_file
 
 
 @dataclass(frozen=True)
@@ -42,6 +36,10 @@ class TrainConfig:
             must be preference pairs).
         preference_loss: ``sigmoid`` (DPO), ``hinge`` or ``ipo``.
         beta: Preference temperature / inverse margin (Apple's OpenELM-Instruct recipe: 0.01).
+        label_smoothing: Conservative DPO: the assumed probability that a pair's labels are flipped, in ``[0, 0.5)``
+            (``sigmoid`` only).
+        precompute_reference: Compute every training pair's reference log-probabilities once before training and
+            cache them in the run directory (``dpo`` only); the steps then run only the policy forward.
         batch_size: Examples per micro-batch on one process.
         grad_accum: Micro-batches per optimizer step (the gradient equals the large-batch gradient).
         max_steps: Optimizer steps; when unset, ``epochs`` decides.
@@ -74,6 +72,8 @@ class TrainConfig:
     objective: Literal["sft", "dpo"] = "sft"
     preference_loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
     beta: float = 0.1
+    label_smoothing: float = 0.0
+    precompute_reference: bool = False
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int | None = None
@@ -102,45 +102,92 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        checks = [
-            (self.objective in ("sft", "dpo"), "objective must be sft or dpo"),
-            (self.preference_loss in ("sigmoid", "hinge", "ipo"), "preference_loss must be sigmoid, hinge or ipo"),
-            (self.beta > 0, "beta must be positive"),
-            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
-            (self.epochs > 0, "epochs must be positive"),
-            (self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr"),
-            (self.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant"),
-            (self.warmup >= 0, "warmup must be >= 0"),
-            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
-            (self.weight_decay >= 0 and self.max_grad_norm >= 0 and self.z_loss >= 0, "negative coefficient"),
-            (min(self.log_every, self.keep_last) >= 1, "log_every and keep_last must be >= 1"),
-            (min(self.eval_every, self.save_every) >= 0, "eval_every and save_every must be >= 0"),
-            (self.skip_nonfinite >= 0, "skip_nonfinite must be >= 0"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
-            (self.base_dtype in ("auto", "fp32", "bf16", "fp16"), "base_dtype must be auto, fp32, bf16 or fp16"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"train: {message}")
+        precisions = ("auto", "fp32", "bf16", "fp16")
+        require(
+            "train",
+            [
+                (self.objective in ("sft", "dpo"), "objective", f"must be sft or dpo, got {self.objective!r}"),
+                (
+                    self.preference_loss in ("sigmoid", "hinge", "ipo"),
+                    "preference_loss",
+                    f"must be sigmoid, hinge or ipo, got {self.preference_loss!r}",
+                ),
+                (self.beta > 0, "beta", f"must be positive, got {self.beta}"),
+                (
+                    0 <= self.label_smoothing < 0.5,
+                    "label_smoothing",
+                    f"must lie in [0, 0.5), got {self.label_smoothing}",
+                ),
+                (
+                    not self.label_smoothing or self.preference_loss == "sigmoid",
+                    "label_smoothing",
+                    f"applies to the sigmoid (DPO) loss only, not {self.preference_loss!r}",
+                ),
+                (
+                    not self.precompute_reference or self.objective == "dpo",
+                    "precompute_reference",
+                    "applies to --objective dpo only (SFT has no reference model)",
+                ),
+                (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size", "and grad_accum must be >= 1"),
+                (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 (or unset: use epochs)"),
+                (self.epochs > 0, "epochs", f"must be positive, got {self.epochs}"),
+                (self.lr > 0 and 0 <= self.min_lr <= self.lr, "lr", "and min_lr: need lr > 0 and 0 <= min_lr <= lr"),
+                (
+                    self.schedule in ("cosine", "linear", "constant"),
+                    "schedule",
+                    f"must be cosine, linear or constant, got {self.schedule!r}",
+                ),
+                (self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}"),
+                (
+                    len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                    "betas",
+                    f"must be two numbers in [0, 1), got {list(self.betas)}",
+                ),
+                (self.weight_decay >= 0, "weight_decay", "must be >= 0 (negative coefficient)"),
+                (self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (negative coefficient; 0 disables clipping)"),
+                (self.z_loss >= 0, "z_loss", "must be >= 0 (negative coefficient)"),
+                (self.log_every >= 1, "log_every", "must be >= 1"),
+                (self.keep_last >= 1, "keep_last", "must be >= 1"),
+                (self.eval_every >= 0, "eval_every", "must be >= 0"),
+                (self.save_every >= 0, "save_every", "must be >= 0"),
+                (self.skip_nonfinite >= 0, "skip_nonfinite", "must be >= 0"),
+                (self.precision in precisions, "precision", f"must be auto, fp32, bf16 or fp16: {self.precision!r}"),
+                (
+                    self.base_dtype in precisions,
+                    "base_dtype",
+                    f"must be auto, fp32, bf16 or fp16: {self.base_dtype!r}",
+                ),
+            ],
+        )
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs; saved as ``config.yaml`` in the run directory and every checkpoint."""
+    """Everything a training run needs; saved as ``config.yaml`` in the run directory and every checkpoint.
+
+    Attributes:
+        model: Preset, hub id or model directory.
+        data: The data settings.
+        adapter: The adapter settings (with ``start_from``: those of the saved adapter).
+        train: Optimisation and bookkeeping settings.
+        start_from: A saved adapter directory to continue from (SFT -> DPO, or more SFT): the policy starts from its
+            weights, and a ``dpo`` run's reference is the base plus a frozen copy of it.
+    """
 
     model: str
     data: DataConfig
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    start_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready values."""
         return {
             "model": self.model,
-            "adapter": self.adapter.to_dict(),
-            "data": _plain(dataclasses.asdict(self.data)),
-            "train": _plain(dataclasses.asdict(self.train)),
+            "adapter": section_to_dict(self.adapter),
+            "data": section_to_dict(self.data),
+            "train": section_to_dict(self.train),
+            "start_from": self.start_from,
         }
 
     @classmethod
@@ -150,75 +197,24 @@ class RunConfig:
         Raises:
             ConfigError: Unknown keys, missing ``model``/``data.path``, or invalid values.
         """
-        unknown = sorted(set(data) - {"model", "adapter", "data", "train"})
+        unknown = sorted(set(data) - set(SECTIONS) - {"model", "start_from"})
         if unknown:
             raise ConfigError(
-                f"unknown recipe section(s) {', '.join(map(repr, unknown))}; known: model, adapter, data, train"
+                f"unknown recipe section(s) {', '.join(map(repr, unknown))}; known: model, adapter, data, train, "
+                "start_from",
+                key=unknown[0],
             )
         if not data.get("model"):
-            raise ConfigError("the recipe names no model (model: a preset, hub id or directory)")
-        try:
-            adapter = AdapterConfig.from_dict(data.get("adapter") or {})
-        except ElmtuneError as err:
-            raise ConfigError(f"adapter: {err}") from None
-        return cls(
-            model=str(data["model"]),
-            adapter=adapter,
-            data=section_from_dict(DataConfig, data.get("data") or {}, "data"),
-            train=section_from_dict(TrainConfig, data.get("train") or {}, "train"),
-        )
+            raise ConfigError("model is required: a preset, hub id or directory", key="model")
+        start_from = data.get("start_from")
+        if start_from is not None and (not isinstance(start_from, str) or not start_from):
+            raise ConfigError(f"start_from must be an adapter directory, got {start_from!r}", key="start_from")
+        sections = {name: section_from_mapping(kind, data.get(name) or {}, name) for name, kind in SECTIONS.items()}
+        return cls(model=str(data["model"]), start_from=start_from, **sections)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check a YAML or flag value against a field's type: ints become floats where a float is expected, lists become
-    tuples; ``Literal`` fields are left to the dataclass's own validation."""
-    origin = typing.get_origin(annotation)
-    allowed = set(typing.get_args(annotation)) if origin in (types.UnionType, typing.Union) else {annotation}
-    if value is None:
-        if type(None) not in allowed:
-            raise ConfigError(f"{where} cannot be null")
-        return None
-    if isinstance(value, bool):
-        if bool in allowed or any(typing.get_origin(a) is Literal for a in allowed):
-            return value
-        raise ConfigError(f"{where} must not be true/false, got {value!r}")
-    if isinstance(value, int) and int not in allowed and float in allowed:
-        return float(value)
-    if isinstance(value, list) and any(typing.get_origin(a) is tuple for a in allowed):
-        return tuple(value)
-    simple = {a for a in allowed if a in (int, float, str)}
-    if simple and not isinstance(value, tuple(simple)) and not any(typing.get_origin(a) for a in allowed):
-        names = " or ".join(sorted(a.__name__ for a in simple))
-        raise ConfigError(f"{where} must be {names}, got {value!r}")
-    if bool in allowed and len(allowed) == 1:
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
-def section_from_dict(cls: type, data: Mapping[str, Any], section: str) -> Any:
-    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and bad values raise :class:`ConfigError`."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{section} must be a mapping of settings, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown {section} key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    annotations = typing.get_type_hints(cls)
-    values = {k: _coerce(v, annotations[k], f"{section}.{k}") for k, v in data.items()}
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{section}: {err}") from None
+SECTIONS: dict[str, type] = {"adapter": AdapterConfig, "data": DataConfig, "train": TrainConfig}
+"""The dataclass of each section of a recipe, by section name."""
 
 
 def load_run_config(recipe: str | Path | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -227,34 +223,24 @@ def load_run_config(recipe: str | Path | None, overrides: Mapping[str, Any] | No
     Flags win over the YAML, which wins over the defaults.
 
     Raises:
-        ConfigError: Unreadable YAML, unknown keys or invalid values.
+        ConfigError: Unreadable YAML, unknown keys or invalid values; an error about a key the recipe set starts
+            with the recipe's path.
     """
-    data: dict[str, Any] = {}
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            what = "is a directory, not a recipe file" if path.is_dir() else "does not exist"
-            raise ConfigError(f"recipe {path} {what}")
-        try:
-            data = load_recipe_yaml(path) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping with model/adapter/data/train sections")
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
+    data = read_config_file(recipe, "recipe") if recipe is not None else {}
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if not key:
             data[section] = value
-        else:
-            data.setdefault(section, {})
-            if not isinstance(data[section], dict):
-                raise ConfigError(f"{section} must be a mapping")
-            data[section][key] = value
+            continue
+        if data.get(section) is None:
+            data[section] = {}
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{recipe}: {section} must be a mapping of settings", key=section)
+        data[section][key] = value
     try:
         return RunConfig.from_dict(data)
     except ConfigError as err:
-        if recipe is None:
+        if recipe is None or err.key in overrides:
             raise
-        raise ConfigError(f"{recipe}: {err}") from None
+        raise ConfigError(f"{recipe}: {err}", key=err.key) from None

@@ -7,12 +7,14 @@ gradient accumulation and data parallelism give exactly the large-batch gradient
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from elmtune.finetune.reference import ReferenceLogps, reference_mode
 
 IGNORE_INDEX = -100
 
@@ -43,7 +45,9 @@ class Objective(Protocol):
         """Tokens the model processes for ``batch`` (for throughput)."""
         ...
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput: ...
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
+        """The summed loss of ``batch`` under ``model``, and extra metrics."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,15 +62,18 @@ class SFTObjective:
     name: str = "sft"
 
     def count(self, batch: dict[str, Any]) -> int:
+        """Target tokens (the labels a position predicts)."""
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def tokens(self, batch: dict[str, Any]) -> int:
+        """Tokens that are not padding."""
         mask = batch.get("attention_mask")
         if mask is not None and mask.dim() == 2:
             return int(mask.sum())
         return int(batch["input_ids"].numel())
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
+        """Summed cross-entropy over target tokens (plus the z-loss); metric ``ce`` (and ``z_loss``)."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
         logits = model(**inputs, use_cache=False).logits  # (B, L, V)
         logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
@@ -104,6 +111,24 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return (picked * mask).sum(-1), mask.sum(-1)
 
 
+def check_label_smoothing(loss_type: str, label_smoothing: float) -> None:
+    """Refuse a label smoothing the preference loss cannot use.
+
+    Args:
+        loss_type: ``sigmoid``, ``hinge`` or ``ipo``.
+        label_smoothing: Assumed probability that a pair's preference label is flipped.
+
+    Raises:
+        ValueError: ``label_smoothing`` outside ``[0, 0.5)``, or non-zero with a loss other than ``sigmoid``.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(
+            f"label_smoothing applies to the sigmoid (DPO) loss only, not {loss_type!r}; set it to 0 or use sigmoid"
+        )
+
+
 def preference_loss(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,
@@ -111,10 +136,13 @@ def preference_loss(
     beta: float,
     chosen_tokens: torch.Tensor | None = None,
     rejected_tokens: torch.Tensor | None = None,
+    *,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Per-pair preference losses from policy/reference log-ratios ``log pi(y|x) - log pi_ref(y|x)``.
 
-    - ``sigmoid`` (DPO): ``-log sigmoid(beta * (r_c - r_r))``
+    - ``sigmoid`` (DPO): ``-log sigmoid(beta * d)`` with ``d = r_c - r_r``; with ``label_smoothing`` ``ls``
+      (conservative DPO): ``-(1 - ls) * log sigmoid(beta * d) - ls * log sigmoid(-beta * d)``
     - ``hinge`` (RSO / SLiC; ``beta`` is the inverse margin): ``max(0, 1 - beta * (r_c - r_r))``
     - ``ipo``: ``(r_c / n_c - r_r / n_r - 1 / (2 beta))^2`` with log-ratios averaged over each response's tokens
 
@@ -125,12 +153,19 @@ def preference_loss(
         beta: Temperature (DPO), inverse margin (hinge) or regularisation (IPO).
         chosen_tokens: (B,) target tokens per chosen response (IPO only).
         rejected_tokens: (B,) target tokens per rejected response (IPO only).
+        label_smoothing: Assumed probability that a pair's labels are flipped, in ``[0, 0.5)`` (``sigmoid`` only).
 
     Returns:
         (B,) losses.
+
+    Raises:
+        ValueError: An unknown loss, IPO without token counts, or a label smoothing the loss cannot use.
     """
-    delta = chosen_logratios - rejected_logratios
+    check_label_smoothing(loss_type, label_smoothing)
+    delta = chosen_logratios - rejected_logratios  # (B,)
     if loss_type == "sigmoid":
+        if label_smoothing:
+            return -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
         return -F.logsigmoid(beta * delta)
     if loss_type == "hinge":
         return torch.relu(1 - beta * delta)
@@ -146,45 +181,85 @@ def preference_loss(
 class PreferenceObjective:
     """Preference optimisation on (prompt, chosen, rejected) pairs: DPO, hinge or IPO.
 
-    The reference model is the policy with its adapters switched off (no second copy of the weights); its
-    log-probabilities are computed without gradients in the same step. Apple's OpenELM-Instruct recipe used
-    ``hinge`` (270M, 450M, 3B) and ``sigmoid`` (1.1B) with beta 0.01.
+    The reference model is the policy's own peft model with its adapters switched off, or, for a run that continues
+    from a saved adapter, with the frozen copy of that adapter active (see :mod:`elmtune.finetune.reference`); no
+    second copy of the base weights. Its log-probabilities are computed without gradients in the same step, or
+    looked up by the batch's ``item_index`` when they were computed once before training (``precomputed``).
+    Apple's OpenELM-Instruct recipe used ``hinge`` (270M, 450M, 3B) and ``sigmoid`` (1.1B) with beta 0.01.
+
+    The metrics carry TRL's ``DPOTrainer`` names and, once the loop divides them by the pair count, its values:
+    ``rewards/chosen`` and ``rewards/rejected`` (``beta`` times the log-ratio), ``rewards/accuracies`` (the share of
+    pairs whose chosen reward is strictly higher), ``rewards/margins`` and the policy's summed log-probabilities
+    ``logps/chosen`` and ``logps/rejected``.
+
+    Attributes:
+        loss_type: ``sigmoid`` (DPO), ``hinge`` or ``ipo`` (see :func:`preference_loss`).
+        beta: Temperature (DPO), inverse margin (hinge) or regularisation (IPO).
+        label_smoothing: Conservative DPO: the assumed probability that a pair's labels are flipped, in ``[0, 0.5)``;
+            ``sigmoid`` only.
+        name: The objective's name.
+        reference_adapter: The frozen reference adapter's peft name, or None for the base model as the reference.
+        precomputed: Every training pair's reference log-probabilities, used for batches that carry ``item_index``
+            (the pairs' indices in the training set); other batches (validation) compute them on the fly.
     """
 
     loss_type: PreferenceLoss = "sigmoid"
     beta: float = 0.1
+    label_smoothing: float = 0.0
     name: str = "dpo"
+    reference_adapter: str | None = None
+    precomputed: ReferenceLogps | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Refuse a label smoothing the loss cannot use (see :func:`check_label_smoothing`)."""
+        check_label_smoothing(self.loss_type, self.label_smoothing)
 
     def count(self, batch: dict[str, Any]) -> int:
+        """Preference pairs."""
         return int(batch["chosen_input_ids"].shape[0])
 
     def tokens(self, batch: dict[str, Any]) -> int:
+        """Tokens of both sequences of every pair, padding excluded."""
         return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
-        from elmtune.adapters import disable_adapters
-
+        """Summed preference loss over the pairs, with TRL's metrics as sums."""
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
+        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
+        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
         logps, counts = sequence_logps(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, labels)
-        peft_model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-        with torch.no_grad(), disable_adapters(peft_model):
-            ref_logps, _ = sequence_logps(
-                peft_model(input_ids=ids, attention_mask=mask, use_cache=False).logits, labels
-            )
+        if self.precomputed is not None and batch.get("item_index") is not None:
+            ref_logps = self.precomputed.lookup(batch["item_index"])  # (2B,)
+        else:
+            ref_logps = self.reference_logps(model, ids, mask, labels)
         ratios = logps - ref_logps  # (2B,)
-        chosen, rejected = ratios.chunk(2)
+        chosen, rejected = ratios.chunk(2)  # (B,) each
         n_chosen, n_rejected = counts.chunk(2)
-        losses = preference_loss(chosen, rejected, self.loss_type, self.beta, n_chosen, n_rejected)
-        rewards_chosen, rewards_rejected = self.beta * chosen.detach(), self.beta * rejected.detach()
-        metrics = {
-            "reward_chosen": rewards_chosen.sum(),
-            "reward_rejected": rewards_rejected.sum(),
-            "reward_accuracy": (rewards_chosen > rewards_rejected).float().sum(),
-            "reward_margin": (rewards_chosen - rewards_rejected).sum(),
+        losses = preference_loss(
+            chosen, rejected, self.loss_type, self.beta, n_chosen, n_rejected, label_smoothing=self.label_smoothing
+        )
+        return ObjectiveOutput(loss_sum=losses.sum(), metrics=self._metric_sums(logps.detach(), ratios.detach()))
+
+    def reference_logps(
+        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """(2B,) summed reference log-probabilities of the (2B, L) sequences ``ids`` (see :func:`reference_mode`)."""
+        with reference_mode(model, self.reference_adapter) as reference:
+            logits = reference(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (2B, L, V)
+            return sequence_logps(logits, labels)[0]
+
+    def _metric_sums(self, logps: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
+        """TRL's DPO metrics as sums over the pairs, from (2B,) policy log-probs and log-ratios (chosen first)."""
+        logps_chosen, logps_rejected = logps.chunk(2)  # (B,) each
+        rewards_chosen, rewards_rejected = (self.beta * ratios).chunk(2)  # (B,) each
+        return {
+            "rewards/chosen": rewards_chosen.sum(),
+            "rewards/rejected": rewards_rejected.sum(),
+            "rewards/accuracies": (rewards_chosen > rewards_rejected).float().sum(),
+            "rewards/margins": (rewards_chosen - rewards_rejected).sum(),
+            "logps/chosen": logps_chosen.sum(),
+            "logps/rejected": logps_rejected.sum(),
         }
-        return ObjectiveOutput(loss_sum=losses.sum(), metrics=metrics)
 
 
 def build_objective(name: str, **settings: Any) -> Objective:
@@ -192,15 +267,20 @@ def build_objective(name: str, **settings: Any) -> Objective:
 
     Args:
         name: ``sft`` or ``dpo`` (preference optimisation; ``preference_loss`` picks DPO, hinge or IPO).
-        **settings: ``z_loss`` for SFT; ``beta`` and ``preference_loss`` for preference optimisation.
+        **settings: ``z_loss`` for SFT; ``beta``, ``preference_loss``, ``label_smoothing``, ``reference_adapter``
+            and ``precomputed`` for preference optimisation (see :class:`PreferenceObjective`).
 
     Raises:
-        ValueError: An unknown objective.
+        ValueError: An unknown objective, or a label smoothing the preference loss cannot use.
     """
     if name == "sft":
         return SFTObjective(z_loss=float(settings.get("z_loss", 0.0)))
     if name == "dpo":
         return PreferenceObjective(
-            loss_type=settings.get("preference_loss", "sigmoid"), beta=float(settings.get("beta", 0.1))
+            loss_type=settings.get("preference_loss", "sigmoid"),
+            beta=float(settings.get("beta", 0.1)),
+            label_smoothing=float(settings.get("label_smoothing", 0.0)),
+            reference_adapter=settings.get("reference_adapter"),
+            precomputed=settings.get("precomputed"),
         )
     raise ValueError(f"unknown objective {name!r}; use sft or dpo")

@@ -12,14 +12,27 @@ import shutil
 from pathlib import Path
 
 from elmtune.errors import ElmtuneError, UsageError
-from elmtune.finetune.checkpoint import TMP_PREFIX
 from elmtune.finetune.run_lock import LOCK_FILE, lock_holder
 
-RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", "checkpoints", "final", "loss_curve.png", LOCK_FILE})
+RUN_ENTRIES = frozenset(
+    {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints",
+        "final",
+        "loss_curve.png",
+        "reference_logps.safetensors",
+        "reference_logps.json",
+        LOCK_FILE,
+    }
+)
+STAGING_PREFIXES = (".final.", ".tmp-", ".reference_logps.")
+"""Hidden siblings left by a killed run: ``final/`` or the reference cache being staged or replaced (``.tmp-*`` from
+earlier versions)."""
 
 
 def _is_run_entry(name: str) -> bool:
-    return name in RUN_ENTRIES or name.startswith(TMP_PREFIX)
+    return name in RUN_ENTRIES or name.startswith(STAGING_PREFIXES)
 
 
 def _listing(names: list[str]) -> str:

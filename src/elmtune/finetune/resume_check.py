@@ -99,7 +99,7 @@ def differing_settings(
     for key in new:
         if key in MAY_CHANGE or key not in old:  # a setting newer than the checkpoint: nothing to compare
             continue
-        same = _same_path(old[key], new[key]) if key == "data.path" else old[key] == new[key]
+        same = _same_path(old[key], new[key]) if key in ("data.path", "start_from") else old[key] == new[key]
         if not same:
             differences.append(f"{key} {old[key]} -> {new[key]}")
     shrunk = old.get("train.max_steps") is not None and new.get("train.max_steps") is not None

@@ -7,17 +7,24 @@ Run directory::
     checkpoints/         step-XXXXXXXX/ (adapter, optimizer, scheduler, RNG, data position, config)
     final/               the trained adapter (PEFT format, with elmtune metadata)
     loss_curve.png       training and validation loss
+    reference_logps.*    with precompute_reference: every training pair's reference log-probs and their cache key
     .lock                locked while a run writes here; holds its pid
 
 Everything that can refuse a run (output directory, lock, resume settings, checkpoint integrity) is checked before
 the first byte is written to the run directory.
+
+A run's random numbers (adapter initialisation, then dropout) come from one seeding, ``seed + process index``: each
+process draws its own dropout masks, and data parallelism starts every process from process 0's initial weights. A
+resume restores the streams saved in the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,10 +32,21 @@ from elmtune.errors import ElmtuneError
 from elmtune.finetune.checkpoint import TrainerState, checkpoint_dirs, read_checkpoint_meta
 from elmtune.finetune.checkpoint_integrity import checkpoint_problem
 from elmtune.finetune.config import RunConfig
-from elmtune.finetune.loop import TrainResult, last_losses, planned_total_steps, train
+from elmtune.finetune.loop import TrainResult, last_losses, train
 from elmtune.finetune.output_dir import check_fresh_output_dir, clear_previous_run, create_run_dir
+from elmtune.finetune.policy import Policy, with_starting_adapter
 from elmtune.finetune.resume_check import check_planned_steps, check_same_run, data_fingerprint, differing_settings
 from elmtune.finetune.run_lock import RunLock, lock_holder
+from elmtune.finetune.session import planned_total_steps
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from elmtune.datasets.prepare import PreparedData
+    from elmtune.finetune.objectives import Objective, PreferenceObjective
+    from elmtune.finetune.reference import ReferenceLogps
+    from elmtune.finetune.reference_cache import ReferenceCacheReport
+    from elmtune.models.device import PrecisionPlan
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +183,58 @@ def _start_writing(run_dir: Path, config: RunConfig, *, overwrite: bool, checkpo
     return lock
 
 
+def _with_precomputed_reference(
+    objective: PreferenceObjective,
+    policy: Policy,
+    config: RunConfig,
+    data: PreparedData,
+    plan: PrecisionPlan,
+    accelerator: Accelerator,
+) -> tuple[PreferenceObjective, ReferenceCacheReport]:
+    """``objective`` with every training pair's reference log-probs, from the run directory's cache or computed."""
+    from elmtune.finetune.reference_cache import (
+        adapter_files_sha256,
+        compute_reference_logps,
+        load_or_compute,
+        tokens_sha256,
+    )
+
+    parts = {
+        "data": tokens_sha256(data.train),
+        "model": str(policy.base_weights_sha256),
+        "start_adapter": adapter_files_sha256(config.start_from),
+        "compute": f"base {plan.base_dtype}, precision {plan.precision}, {accelerator.device.type}",
+    }
+    model = policy.model.to(accelerator.device)
+
+    def compute() -> ReferenceLogps:
+        return compute_reference_logps(model, objective, data.train, data.collate, config.train.batch_size, accelerator)
+
+    table, report = load_or_compute(Path(config.train.output_dir), parts, compute, accelerator, _warn)
+    return dataclasses.replace(objective, precomputed=table.to(accelerator.device)), report
+
+
+def _run_objective(
+    config: RunConfig, policy: Policy, data: PreparedData, plan: PrecisionPlan, accelerator: Accelerator
+) -> tuple[Objective, list[str], list[dict[str, Any]]]:
+    """The run's objective, with the reference log-probs precomputed when asked; log lines and metrics rows."""
+    from elmtune.finetune.objectives import build_objective
+
+    cfg = config.train
+    objective = build_objective(
+        cfg.objective,
+        z_loss=cfg.z_loss,
+        beta=cfg.beta,
+        preference_loss=cfg.preference_loss,
+        label_smoothing=cfg.label_smoothing,
+        reference_adapter=policy.reference_adapter,
+    )
+    if not cfg.precompute_reference:
+        return objective, [], []
+    objective, report = _with_precomputed_reference(objective, policy, config, data, plan, accelerator)
+    return objective, [report.line()], [report.row()] if report.computed else []
+
+
 def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> TrainResult:
     """Load model and data, apply the adapter and train, as ``config`` says.
 
@@ -185,16 +255,16 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
         ElmtuneError: Bad model/data/adapter settings, an unusable output directory, another run using it, or a
             resume that does not match the stored run.
     """
-    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from elmtune.adapters import apply_adapter, save_adapter
+    from elmtune.adapters import save_adapter
     from elmtune.datasets import prepare_data
-    from elmtune.finetune.device import plan_precision, resolve_device
-    from elmtune.finetune.objectives import build_objective
-    from elmtune.models import load_model, load_tokenizer
+    from elmtune.finetune.policy import build_policy
+    from elmtune.models import load_tokenizer
+    from elmtune.models.device import plan_precision, resolve_device
 
+    config = with_starting_adapter(config)
     cfg = config.train
     run_dir = Path(cfg.output_dir)
     fresh = resume is None or resume is False
@@ -209,7 +279,6 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
         checkpoint, stored, checkpoints_seen = _check_resume(
             config, resume, num_processes=world, main=main, data_sha256=data_sha256
         )
-    set_seed(cfg.seed)  # the random weights of a preset base and the adapter's initialisation depend on it
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config.data, tokenizer)
     if (data.kind == "preference") != (cfg.objective == "dpo"):
@@ -222,27 +291,26 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
         check_planned_steps(run_dir, stored, total_steps)
         if stored.step == total_steps and (run_dir / "final").is_dir():
             return _finished(run_dir, stored)
-    model = load_model(config.model, dtype=plan.base_dtype)
-    if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    model = apply_adapter(model, config.adapter)
+    set_seed(cfg.seed + accelerator.process_index)  # the run's one seeding (module docstring)
+    policy = build_policy(config, plan.base_dtype, digest_base=cfg.precompute_reference)
     lock = None
     if main:
         lock = _start_writing(run_dir, config, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
     try:
-        torch.manual_seed(cfg.seed)
+        objective, notes, opening_rows = _run_objective(config, policy, data, plan, accelerator)
         return train(
-            model,
-            build_objective(cfg.objective, z_loss=cfg.z_loss, beta=cfg.beta, preference_loss=cfg.preference_loss),
+            policy.model,
+            objective,
             data,
             cfg,
             run_dir=run_dir,
             run_config=config.to_dict(),
-            plan=plan,
-            save_adapter=lambda m, d: save_adapter(m, d, base_name=config.model),
-            resume=checkpoint,
             accelerator=accelerator,
+            save_adapter=lambda m, d: save_adapter(m, d, base_name=config.model),
+            note="\n".join([plan.note, *notes]),
+            resume=checkpoint,
             data_sha256=data_sha256,
+            opening_rows=opening_rows,
         )
     finally:
         if lock is not None:

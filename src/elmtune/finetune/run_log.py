@@ -33,6 +33,7 @@ class MetricsWriter:
         self._handle.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self._handle.close()
 
 
@@ -79,6 +80,18 @@ def plot_loss_curve(metrics_path: Path, out_path: Path, title: str = "") -> Path
     return out_path
 
 
+PROGRESS_METRICS = ("rewards/accuracies", "rewards/margins")
+"""Metrics shown after the loss in the progress line when a row has them (preference runs; TRL's names)."""
+
+
+def progress_stats(row: dict[str, Any], prefix: str = "") -> str:
+    """``loss 0.6931  rewards/accuracies 0.500  rewards/margins 0.0123`` from a metrics row (keys under ``prefix``)."""
+    loss = row.get(f"{prefix}loss")
+    parts = [f"loss {float('nan') if loss is None else loss:.4f}"]
+    parts += [f"{name} {row[prefix + name]:.4g}" for name in PROGRESS_METRICS if row.get(prefix + name) is not None]
+    return "  ".join(parts)
+
+
 class ProgressReporter:
     """A rich progress bar on a terminal, sparse plain lines elsewhere; silent on non-main processes."""
 
@@ -108,8 +121,8 @@ class ProgressReporter:
         """Show the metrics ``row`` logged at ``step``."""
         if not self.enabled:
             return
-        loss, lr, speed = row.get("loss", float("nan")), row.get("lr", 0.0), row.get("tokens_per_s", 0.0)
-        stats = f"loss {loss:.4f}  lr {lr:.2e}  {speed:.0f} tok/s"
+        lr, speed = row.get("lr", 0.0), row.get("tokens_per_s", 0.0)
+        stats = f"{progress_stats(row)}  lr {lr:.2e}  {speed:.0f} tok/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stats=stats)
         elif step % self.print_every == 0 or step == self.total:
@@ -124,5 +137,6 @@ class ProgressReporter:
             self.console.print(text, highlight=False)
 
     def close(self) -> None:
+        """Stop the bar."""
         if self._progress is not None:
             self._progress.stop()

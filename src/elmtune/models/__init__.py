@@ -5,9 +5,10 @@ imports no Auto class at import time, because that registration may run while tr
 """
 
 from elmtune.models.configuration import OpenELMConfig
+from elmtune.models.dtypes import resolve_dtype
 from elmtune.models.geometry import LayerGeometry, ModelGeometry, geometry_from_dict
-from elmtune.models.loading import load_model, resolve_dtype
-from elmtune.models.modeling import CACHE_FIELD, OpenELMForCausalLM, OpenELMModel, count_parameters, saved_keys
+from elmtune.models.loading import load_model
+from elmtune.models.modeling import CACHE_FIELD, OpenELMForCausalLM, OpenELMModel, saved_keys
 from elmtune.models.registration import register
 from elmtune.models.tokenizer import PAD_TOKEN_ID, load_tokenizer
 
@@ -19,7 +20,6 @@ __all__ = [
     "OpenELMConfig",
     "OpenELMForCausalLM",
     "OpenELMModel",
-    "count_parameters",
     "geometry_from_dict",
     "load_model",
     "load_tokenizer",

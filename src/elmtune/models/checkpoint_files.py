@@ -73,7 +73,6 @@ def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
     Raises:
         CheckpointFilesError: No safetensors checkpoint, or an index naming a missing shard.
     """
-
     path = Path(model_dir)
     index = path / INDEX_FILE
     if index.is_file():
@@ -94,8 +93,9 @@ def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
 
 
 class SafetensorsSource:
-    """Keys, shapes and dtypes of safetensors files (headers only); :meth:`get` opens the file, copies one tensor,
-    closes it.
+    """Keys, shapes and dtypes of a checkpoint's safetensors files, read from the headers alone.
+
+    :meth:`get` opens the file, copies one tensor and closes it, so no memory map of the checkpoint stays resident.
 
     Args:
         files: Key -> file (see :func:`checkpoint_files`).
@@ -105,7 +105,6 @@ class SafetensorsSource:
     """
 
     def __init__(self, files: Mapping[str, Path]) -> None:
-
         self._files = dict(files)
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         by_file: dict[Path, list[str]] = {}
@@ -129,12 +128,15 @@ class SafetensorsSource:
         return cls(checkpoint_files(model_dir))
 
     def keys(self) -> list[str]:
+        """Every tensor key, in index (or file) order."""
         return list(self._info)
 
     def shape(self, key: str) -> tuple[int, ...]:
+        """Shape of tensor ``key``, from its header."""
         return self._info[key][0]
 
     def dtype(self, key: str) -> torch.dtype:
+        """Torch dtype of tensor ``key``, from its header."""
         return self._info[key][1]
 
     def file(self, key: str) -> Path:
@@ -142,7 +144,7 @@ class SafetensorsSource:
         return self._files[key]
 
     def get(self, key: str) -> torch.Tensor:
-
+        """Tensor ``key`` in its stored dtype, copied out of the file (the file is closed again)."""
         with open_safetensors(self._files[key]) as handle:
             tensor = handle.get_tensor(key)
         return tensor.clone()  # own memory: nothing keeps the file mapped

@@ -9,31 +9,6 @@ from transformers import PreTrainedConfig
 from elmtune.models.geometry import ModelGeometry, ffn_dims, geometry_from_dict, head_counts, per_layer_multipliers
 from elmtune.models.presets import PRESETS, hub_id, preset_name
 
-APPLE_CONFIG_FIELDS = (
-    "vocab_size",
-    "max_context_length",
-    "num_transformer_layers",
-    "model_dim",
-    "head_dim",
-    "qkv_multipliers",
-    "num_query_heads",
-    "num_gqa_groups",
-    "ffn_multipliers",
-    "ffn_with_glu",
-    "ffn_dim_divisor",
-    "activation_fn_name",
-    "normalization_layer_name",
-    "normalize_qk_projections",
-    "share_input_output_layers",
-    "rope_freq_constant",
-    "rope_max_length",
-    "initializer_range",
-    "use_cache",
-    "bos_token_id",
-    "eos_token_id",
-)
-"""The fields of Apple's ``OpenELMConfig``; ``num_kv_heads`` is derived and saved as well."""
-
 
 class OpenELMConfig(PreTrainedConfig):
     """Configuration of an OpenELM model, field for field and default for default as Apple's.
@@ -142,4 +117,4 @@ class OpenELMConfig(PreTrainedConfig):
         return config
 
 
-__all__ = ["APPLE_CONFIG_FIELDS", "OpenELMConfig"]
+__all__ = ["OpenELMConfig"]

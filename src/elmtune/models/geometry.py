@@ -87,18 +87,22 @@ class LayerGeometry:
 
     @property
     def qkv_shape(self) -> tuple[int, int]:
+        """(rows, cols) of ``qkv_proj``'s weight: Q | K | V rows by the model width."""
         return (self.q_rows + 2 * self.kv_rows, self.model_dim)
 
     @property
     def out_shape(self) -> tuple[int, int]:
+        """(rows, cols) of ``out_proj``'s weight: the model width by the query rows."""
         return (self.model_dim, self.q_rows)
 
     @property
     def proj_1_shape(self) -> tuple[int, int]:
+        """(rows, cols) of ``proj_1``'s weight: gate | up rows (up only without GLU) by the model width."""
         return ((2 if self.ffn_with_glu else 1) * self.ffn_dim, self.model_dim)
 
     @property
     def proj_2_shape(self) -> tuple[int, int]:
+        """(rows, cols) of ``proj_2``'s weight: the model width by the FFN width."""
         return (self.model_dim, self.ffn_dim)
 
     def row_slices(self) -> dict[str, tuple[str, int, int]]:
@@ -133,6 +137,7 @@ class ModelGeometry:
 
     @property
     def embedding_parameters(self) -> int:
+        """Parameters of the token embedding (vocab x d); an untied output head has as many again."""
         return self.vocab_size * self.model_dim
 
     @property

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from elmtune.errors import ModelNotFoundError
 from elmtune.models.checkpoint_files import CheckpointFilesError
 from elmtune.models.configuration import OpenELMConfig
+from elmtune.models.dtypes import resolve_dtype
 from elmtune.models.modeling import OpenELMForCausalLM
 from elmtune.models.presets import PRESETS, preset_name
 from elmtune.models.registration import register
@@ -22,32 +23,6 @@ logger = logging.getLogger(__name__)
 PRESET_SEED = 0
 """Seed of a preset's random weights: ``load_model("tiny")`` is the same model in every process, so an adapter
 trained on a preset can be evaluated and merged on it later."""
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; ``None`` or ``"auto"`` -> ``None``.
-
-    Raises:
-        ValueError: For an unknown dtype name.
-    """
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return None
-    try:
-        return _DTYPES[dtype.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or auto") from None
 
 
 def is_preset(name: str) -> bool:
@@ -157,12 +132,8 @@ def load_model(
 
 
 def _reason(err: OSError) -> str:
+    """One line saying why a hub download failed (offline and not cached, or the error's own first line)."""
     text = str(err).lower()
     if "offline" in text or "connect" in text or "cannot find the requested files" in text or "local" in text:
         return "it is not in the local Hugging Face cache and the Hub cannot be reached (offline)"
     return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def preset_names() -> list[str]:
-    """Names accepted as presets."""
-    return list(PRESETS)

@@ -2,10 +2,15 @@
 
 Padding is decided here and nowhere else: pad id 0 (``<unk>``), right padding. Padded positions are always masked
 out of attention (``attention_mask``) and out of the loss (label -100) by the code that builds batches.
+
+The bundled ``tokenizer_config.json`` carries OpenELM-Instruct's chat template (``chat_template``, Apple's Jinja
+template, equal to the ``chat`` training format), so ``apply_chat_template`` works on it and on every directory that
+copies it; :func:`add_chat_template` gives the same template to a copied tokenizer that has none.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -14,15 +19,41 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 PAD_TOKEN_ID = 0
 """Padding id: ``<unk>``; OpenELM has no pad token, and EOS must never pad (it is a training target)."""
 
-BOS_TOKEN_ID = 1
-EOS_TOKEN_ID = 2
-
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+_CONFIG_FILE = "tokenizer_config.json"
+_TEMPLATE_FILE = "chat_template.jinja"
+"""Where transformers 5 saves a tokenizer's chat template, next to (and instead of) ``tokenizer_config.json``."""
 
 
 def bundled_tokenizer_dir() -> Path:
     """Directory of the Llama-2 tokenizer files shipped inside the package."""
     return Path(str(resources.files("elmtune.models") / "tokenizer_files"))
+
+
+def bundled_chat_template() -> str:
+    """OpenELM-Instruct's Jinja chat template, as the bundled ``tokenizer_config.json`` carries it."""
+    config = json.loads((bundled_tokenizer_dir() / _CONFIG_FILE).read_text(encoding="utf-8"))
+    return config["chat_template"]
+
+
+def add_chat_template(tokenizer_dir: Path) -> bool:
+    """Give a tokenizer directory OpenELM-Instruct's chat template when it has none.
+
+    Args:
+        tokenizer_dir: A directory with ``tokenizer_config.json``; its other keys are kept as they are.
+
+    Returns:
+        Whether the template was added (False: the directory has a template already, or no tokenizer config).
+    """
+    config_file = tokenizer_dir / _CONFIG_FILE
+    if not config_file.is_file() or (tokenizer_dir / _TEMPLATE_FILE).is_file():
+        return False
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("chat_template"):
+        return False
+    config["chat_template"] = bundled_chat_template()
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
 
 
 def _has_tokenizer(path: Path) -> bool:

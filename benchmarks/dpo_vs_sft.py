@@ -1,0 +1,150 @@
+"""Optimizer step time of DPO (reference on the fly, and precomputed) versus SFT over the same 2N sequences.
+
+One random-weight OpenELM with one LoRA adapter runs three kinds of optimizer step (forward, backward, AdamW) through
+elmtune's own objectives: ``sft`` (``SFTObjective`` on 2N sequences), ``dpo`` (``PreferenceObjective`` on N pairs
+made of the same 2N sequences, the reference forward computed in the step with the adapter switched off) and
+``dpo-precomputed`` (the same, with the pairs' reference log-probs computed once before timing and looked up by
+``item_index``). Steps are interleaved A/B/C, the order rotating each round, so machine load affects all alike; each
+kind's best (minimum) step is reported, and its ratio to SFT. On a CPU a step is timed as this process's CPU time
+with a fixed thread count (other processes on a shared machine barely disturb it); wall time is shown too.
+
+    python benchmarks/dpo_vs_sft.py                # 270M shape, apple targets, r 16, N 2 pairs, seq 256, fp32
+    python benchmarks/dpo_vs_sft.py --quick        # tiny preset, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+KINDS = ("sft", "dpo", "dpo-precomputed")
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options (``--quick`` replaces the model and sizes with the tiny preset's)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="270M", help="OpenELM preset (random weights)")
+    parser.add_argument("--pairs", type=int, default=2, help="N: pairs per DPO step (SFT steps on 2N sequences)")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per sequence (half prompt, half response)")
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds (each runs every kind once)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
+    parser.add_argument("--r", type=int, default=16)
+    parser.add_argument("--targets", default="apple")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (timing uses the process CPU time)")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, short sequences: a few seconds")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+    if args.quick:
+        args.preset, args.seq, args.rounds = "tiny", 64, 3
+    return args
+
+
+def build_batches(args: argparse.Namespace, vocab: int):  # noqa: ANN201 - torch objects, imported lazily
+    """The SFT batch of 2N sequences and the DPO batch of N pairs made of the same sequences (prompt masked)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (2 * args.pairs, args.seq), generator=generator)  # (2N, L)
+    labels = ids.clone()
+    labels[:, : args.seq // 2] = -100  # the first half is the prompt
+    mask = torch.ones_like(ids)
+    chosen, rejected = slice(0, args.pairs), slice(args.pairs, 2 * args.pairs)
+    sft = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    dpo = {
+        "chosen_input_ids": ids[chosen],
+        "chosen_attention_mask": mask[chosen],
+        "chosen_labels": labels[chosen],
+        "rejected_input_ids": ids[rejected],
+        "rejected_attention_mask": mask[rejected],
+        "rejected_labels": labels[rejected],
+    }
+    to = args.device
+    return {k: v.to(to) for k, v in sft.items()}, {k: v.to(to) for k, v in dpo.items()}
+
+
+def main() -> None:
+    """Time the three kinds of step and print the table and the ratios to SFT."""
+    args = parse_args()
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from elmtune.adapters import AdapterConfig, apply_adapter
+    from elmtune.finetune.objectives import PreferenceObjective, SFTObjective
+    from elmtune.finetune.reference import ReferenceLogps
+    from elmtune.models import load_model
+
+    on_cpu = not args.device.startswith("cuda")
+    if on_cpu:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = AdapterConfig(r=args.r, alpha=args.r, dropout=args.dropout, targets=(args.targets,))
+        model = apply_adapter(load_model(args.preset, device=args.device), config).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    sft_batch, dpo_batch = build_batches(args, model.config.vocab_size)
+    sft, dpo = SFTObjective(), PreferenceObjective(beta=0.1)
+    ids = torch.cat([dpo_batch["chosen_input_ids"], dpo_batch["rejected_input_ids"]])  # (2N, L)
+    labels = torch.cat([dpo_batch["chosen_labels"], dpo_batch["rejected_labels"]])  # (2N, L)
+    reference = dpo.reference_logps(model, ids, torch.ones_like(ids), labels)  # (2N,)
+    table = ReferenceLogps(*reference.chunk(2))
+    precomputed = PreferenceObjective(beta=0.1, precomputed=table)
+    indexed = {**dpo_batch, "item_index": torch.arange(args.pairs, device=args.device)}
+    steps = {"sft": (sft, sft_batch), "dpo": (dpo, dpo_batch), "dpo-precomputed": (precomputed, indexed)}
+
+    def step(kind: str) -> tuple[float, float]:
+        """(timed seconds: CPU time on a CPU, wall time on CUDA; wall seconds) of one optimizer step."""
+        objective, batch = steps[kind]
+        sync = (lambda: None) if on_cpu else torch.cuda.synchronize
+        sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = objective(model, batch)
+        (out.loss_sum / objective.count(batch)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        wall = time.perf_counter() - start
+        return (time.process_time() - start_cpu if on_cpu else wall), wall
+
+    times: dict[str, list[float]] = {k: [] for k in KINDS}
+    walls: dict[str, list[float]] = {k: [] for k in KINDS}
+    for i in range(args.warmup + args.rounds):
+        order = KINDS[i % len(KINDS) :] + KINDS[: i % len(KINDS)]
+        for kind in order:
+            seconds, wall = step(kind)
+            if i >= args.warmup:
+                times[kind].append(seconds)
+                walls[kind].append(wall)
+        print(f"round {i + 1}/{args.warmup + args.rounds} done", file=sys.stderr, flush=True)
+
+    best = {k: min(t) for k, t in times.items()}
+    clock = f"CPU time, {args.threads} thread(s)" if on_cpu else "wall time"
+    adapter_params = sum(p.numel() for p in params)
+    result = Table(
+        title=f"{args.preset} fp32 {args.device}, {args.pairs} pairs = {2 * args.pairs} sequences x {args.seq} tokens, "
+        f"targets {args.targets}, r {args.r} ({adapter_params / 1e6:.2f} M adapter parameters), best of "
+        f"{args.rounds} interleaved rounds ({clock})"
+    )
+    for column in ("step", "best (s)", "vs sft", "median wall (s)"):
+        result.add_column(column, justify="right")
+    for kind in KINDS:
+        walls_sorted = sorted(walls[kind])
+        result.add_row(
+            kind, f"{best[kind]:.3f}", f"{best[kind] / best['sft']:.3f}x", f"{walls_sorted[len(walls_sorted) // 2]:.3f}"
+        )
+    Console().print(result)
+    print("command: python " + " ".join(sys.argv))
+    if args.json:
+        ratios = {k: best[k] / best["sft"] for k in KINDS}
+        print(json.dumps({"args": vars(args), "seconds": times, "wall_seconds": walls, "ratio_to_sft": ratios}))
+
+
+if __name__ == "__main__":
+    main()

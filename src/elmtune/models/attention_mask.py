@@ -1,0 +1,65 @@
+"""From the caller's ``attention_mask`` to what SDPA needs: a boolean mask (or none at all) and token positions.
+
+Padding masks are 2-D (B, past + L) with 1 for real tokens; a 4-D mask (B, 1, L, past + L), such as a block-diagonal
+packing mask, is used as given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def positions_from_mask(mask_2d: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions that count only attended tokens: a padded row gets the positions it would have alone.
+
+    Args:
+        mask_2d: (B, past + L) padding mask, 1 for real tokens.
+        length: L, the number of new tokens.
+
+    Returns:
+        (B, L) positions of the new tokens (0 for the left padding).
+    """
+    positions = mask_2d.long().cumsum(-1) - 1  # (B, past + L)
+    return positions.clamp(min=0)[:, -length:]
+
+
+def sdpa_attention_mask(
+    attention_mask: torch.Tensor | None, length: int, past: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """Turn the caller's mask into what SDPA needs: ``(bool mask (B|1, 1, L, past + L) or None, is_causal)``.
+
+    No mask is materialised when nothing is padded: plain causal attention uses ``is_causal`` and a one-token decode
+    step attends to the whole cache. A 4-D mask (bool, or additive float with 0 for "attend") is used as given, e.g. a
+    block-diagonal packing mask.
+
+    Args:
+        attention_mask: None, a 2-D padding mask (B, past + L) or a 4-D mask (B, 1, L, past + L).
+        length: L, the number of new tokens.
+        past: Tokens already in the KV cache.
+        device: Device of the hidden states.
+
+    Returns:
+        The boolean mask (True: attend) or None, and whether SDPA should apply causality itself.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+    else:
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        if attention_mask is None:
+            if past == 0:
+                return None, length > 1
+            if length == 1:
+                return None, False
+        total = past + length
+        key_pos = torch.arange(total, device=device)
+        query_pos = torch.arange(past, total, device=device)
+        mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # (1, 1, L, past + L)
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, -total:].bool()  # (B, 1, L, past + L)
+    # A row with nothing to attend to (a left-pad query) would give NaN in SDPA: let it attend everywhere instead;
+    # its output is ignored by the caller anyway.
+    return mask | ~mask.any(dim=-1, keepdim=True), False
+
+
+__all__ = ["positions_from_mask", "sdpa_attention_mask"]

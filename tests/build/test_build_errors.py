@@ -1,0 +1,66 @@
+"""A bad build recipe is one line naming the stage and the key, exit code 2, before anything is written."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = yaml.safe_load((ROOT / "recipes" / "build-assistant-tiny.yaml").read_text())
+
+
+def _with(stage: str | None, **changes):
+    recipe = copy.deepcopy(RECIPE)
+    target = recipe if stage is None else next(s for s in recipe["stages"] if s["name"] == stage)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            target[key] = {**target[key], **value}
+        else:
+            target[key] = value
+    return recipe
+
+
+CASES = {
+    "unknown kind": (_with("sft", kind="finetune"), "stage 'sft': kind must be one of sft, dpo, eval"),
+    "unknown key": (_with("merge", dtyp="bf16"), "stage 'merge' (merge): unknown merge key(s) 'dtyp'"),
+    "invalid value": (_with("dpo", train={"beta": -1}), "stage 'dpo' (dpo): train.beta must be positive"),
+    "later stage": (
+        _with("dpo", start_from="@merge"),
+        "stage 'dpo' (dpo), key start_from: '@merge' refers to this or a later stage",
+    ),
+    "unknown stage": (
+        _with("merge", adapter="@dpp"),
+        "stage 'merge' (merge), key adapter: '@dpp' names no stage; the stages before it are sft, dpo",
+    ),
+    "export of an adapter": (
+        _with("export", model="@dpo"),
+        "stage 'export' (export), key model: '@dpo' is an adapter (the output of an sft or dpo stage), but model "
+        "takes a model directory (the output of a merge stage)",
+    ),
+    "duplicate name": (_with("eval", name="merge"), "stage 'merge', key name: duplicate stage name"),
+    "output_dir": (_with("sft", train={"output_dir": "x"}), "stage 'sft' (sft): train.output_dir is set by the build"),
+    "unknown top-level key": (_with(None, steps=[]), "unknown build recipe key(s) 'steps'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_recipe_is_one_line_and_nothing_is_written(case, elmtune, tmp_path):
+    recipe, expected = CASES[case]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "build"
+    run = elmtune("build", str(path), "-o", str(out))
+    assert run.code == 2
+    assert run.err.startswith(f"error: {path}: ") and run.err.count("\n") == 1
+    assert expected in run.err
+    assert not out.exists() and run.out == ""
+
+
+def test_from_names_a_stage_of_the_recipe(elmtune, tmp_path):
+    out = tmp_path / "build"
+    run = elmtune("build", str(ROOT / "recipes" / "build-assistant-tiny.yaml"), "-o", str(out), "--from", "dpp")
+    assert run.code == 2 and run.err == (
+        "error: --from dpp: no stage of that name; the stages are sft, dpo, merge, eval, export, samples\n"
+    )
+    assert not out.exists()

@@ -1,0 +1,103 @@
+"""Fixtures shared by every test package: the tiny random OpenELM, the bundled tokenizer, token ids, the logits
+helper, adapters that look trained, and one-thread torch kernels.
+
+Subpackage ``conftest.py`` files hold only what their own tests need on top of these.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
+from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model, load_tokenizer
+
+# Adapter tensors that a freshly initialised adapter leaves at their initial value (B = 0, magnitudes = norms).
+_TRAINED_PARTS = ("lora_B", "lora_embedding_A", "lora_magnitude_vector", "modules_to_save")
+
+
+def _make_tiny(seed: int = 0, dtype: torch.dtype = torch.float32) -> OpenELMForCausalLM:
+    torch.manual_seed(seed)
+    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).to(dtype).eval()
+
+
+def _logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _perturb(model: nn.Module, scale: float = 0.05, seed: int = 7) -> None:
+    """Give every adapter tensor a non-trivial value (B != 0, magnitudes and norm copies moved)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(part in name for part in _TRAINED_PARTS):
+                param.add_((torch.randn(param.shape, generator=generator) * scale).to(param))
+
+
+def _trained_adapter(
+    base_dir: Path, out: Path, seed: int = 7, base_name: str | None = None, scale: float = 0.05, **settings: object
+) -> Path:
+    """Save an adapter of ``settings`` on the checkpoint in ``base_dir`` with non-zero B (as after training)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_adapter(load_model(base_dir), AdapterConfig(**settings))
+    _perturb(model, scale=scale, seed=seed)
+    return save_adapter(model, out, base_name=base_name)
+
+
+@pytest.fixture(scope="session")
+def make_tiny() -> Callable[..., OpenELMForCausalLM]:
+    """Factory for the ``tiny`` preset (4 layers, per-layer head counts and FFN widths) with seeded weights."""
+    return _make_tiny
+
+
+@pytest.fixture
+def tiny_model() -> OpenELMForCausalLM:
+    """A fresh tiny OpenELM in fp32, eval mode, seed 0 (tests may change it freely)."""
+    return _make_tiny()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled OpenELM (LLaMA-2) tokenizer."""
+    return load_tokenizer()
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    """(2, 9) seeded token ids inside the tokenizer's vocabulary, no special tokens."""
+    generator = torch.Generator().manual_seed(123)
+    return torch.randint(3, 32000, (2, 9), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def logits_of() -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``logits_of(model, ids)``: the model's (N, L, V) logits without gradients."""
+    return _logits_of
+
+
+@pytest.fixture(scope="session")
+def perturb() -> Callable[..., None]:
+    """``perturb(model, scale=0.05, seed=7)``: move every adapter tensor off its initial value, in place."""
+    return _perturb
+
+
+@pytest.fixture(scope="session")
+def trained_adapter() -> Callable[..., Path]:
+    """``trained_adapter(base_dir, out, seed=7, base_name=None, scale=0.05, **adapter_settings)`` -> saved dir."""
+    return _trained_adapter
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test's torch kernels on one thread (tiny kernels run far faster so on a shared, busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
