@@ -26,6 +26,7 @@ from elmtune.build.plan import Action, StagePlan, plan_stage
 from elmtune.build.recipe import BuildRecipe
 from elmtune.build.record import BUILD_FILE, BuildRecord, StageRecord, utc_now
 from elmtune.build.references import referenced_stage
+from elmtune.build.run_report import write_build_report
 from elmtune.build.stage_runs import run_stage
 from elmtune.output_paths import check_output_dir
 
@@ -206,6 +207,7 @@ def run_build(
             say("\n".join(f"    {line}" for line in summary.splitlines()))
         outcomes.append(StageOutcome(stage.name, plan.action, plan.reason, plan.output, seconds))
     record.save(build_dir)
+    write_build_report(build_dir)  # after every stage's output is published: they stay intact
     return BuildResult(build_dir, tuple(outcomes))
 
 

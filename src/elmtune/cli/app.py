@@ -19,6 +19,8 @@ from elmtune.cli import export as export_cmd
 from elmtune.cli import generate as generate_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.cli import merge as merge_cmd
+from elmtune.cli import push as push_cmd
+from elmtune.cli import report as report_cmd
 from elmtune.cli import train as train_cmd
 from elmtune.errors import ElmtuneError, UsageError
 
@@ -60,6 +62,8 @@ app.command("merge-adapters")(merge_cmd.merge_adapters)
 app.command("generate")(generate_cmd.generate)
 app.command("chat")(chat_cmd.chat)
 app.command("build")(build_cmd.build)
+app.command("push")(push_cmd.push)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

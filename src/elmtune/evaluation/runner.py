@@ -28,6 +28,7 @@ from elmtune.evaluation.lmeval import run_lm_eval_backend, run_lm_eval_task
 from elmtune.evaluation.preference import PreferenceSource, read_preference_sources, run_preference_task
 from elmtune.evaluation.protocols import run_apple, run_mc
 from elmtune.evaluation.report import PROTOCOL_DESCRIPTIONS, EvalReport, ModelResults, TaskResult, settings_dict
+from elmtune.evaluation.run_report import write_eval_report
 from elmtune.evaluation.scoring import LoglikelihoodScorer
 from elmtune.models.finite import require_finite_parameters
 from elmtune.output_paths import check_output_dir
@@ -294,4 +295,5 @@ def run_eval(
     report = EvalReport(results, baseline, meta=meta)
     if output_dir is not None:
         report.write(output_dir, overwrite=overwrite)
+        write_eval_report(Path(output_dir))  # after the results are published: they stay intact
     return report

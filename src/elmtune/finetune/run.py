@@ -37,6 +37,7 @@ from elmtune.finetune.output_dir import check_fresh_output_dir, clear_previous_r
 from elmtune.finetune.policy import Policy, with_starting_adapter
 from elmtune.finetune.resume_check import check_planned_steps, check_same_run, data_fingerprint, differing_settings
 from elmtune.finetune.run_lock import RunLock, lock_holder
+from elmtune.finetune.run_report import write_run_report
 from elmtune.finetune.session import planned_total_steps
 
 if TYPE_CHECKING:
@@ -235,6 +236,13 @@ def _run_objective(
     return objective, [report.line()], [report.row()] if report.computed else []
 
 
+def _reported(result: TrainResult, main: bool) -> TrainResult:
+    """``result``, once the main process has written the run's report (after ``final/`` is published)."""
+    if main:
+        write_run_report(result.run_dir)
+    return result
+
+
 def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> TrainResult:
     """Load model and data, apply the adapter and train, as ``config`` says.
 
@@ -298,7 +306,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
         lock = _start_writing(run_dir, config, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
     try:
         objective, notes, opening_rows = _run_objective(config, policy, data, plan, accelerator)
-        return train(
+        result = train(
             policy.model,
             objective,
             data,
@@ -312,6 +320,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
             data_sha256=data_sha256,
             opening_rows=opening_rows,
         )
+        return _reported(result, main)
     finally:
         if lock is not None:
             lock.release()

@@ -20,6 +20,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from elmtune.datasets.prepare import PreparedData
+from elmtune.finetune.adapter_card import write_adapter_card
 from elmtune.finetune.checkpoint import rng_states, save_checkpoint
 from elmtune.finetune.objectives import Objective
 from elmtune.finetune.run_log import MetricsWriter, ProgressReporter, progress_stats
@@ -89,7 +90,13 @@ def evaluate_loss(
 
 
 def publish_final(model: nn.Module, save_adapter: SaveAdapter, run_dir: Path) -> Path:
-    """Write the trained adapter to ``run_dir/final`` atomically (replacing an older one) and return that path.
+    """Write the trained adapter and its model card to ``run_dir/final`` atomically (replacing an older one).
+
+    The card (``README.md``, see :mod:`elmtune.finetune.adapter_card`) summarises the run from its ``config.yaml``
+    and ``metrics.jsonl``.
+
+    Returns:
+        The ``final/`` directory.
 
     Raises:
         NonFiniteError: The adapter holds NaN or infinite weights (nothing is written).
@@ -98,6 +105,7 @@ def publish_final(model: nn.Module, save_adapter: SaveAdapter, run_dir: Path) ->
     staged = StagedDirectory(run_dir / "final", overwrite=True)
     with staged as directory:
         save_adapter(model, directory)
+        write_adapter_card(directory, run_dir, model)
         return staged.commit()
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from elmtune.merging.report import MergeReport
 from elmtune.merging.verify import VerifyResult
+from elmtune.model_cards import bullet_lines, front_matter
 from elmtune.recipe_yaml import load_recipe_yaml
 
 
@@ -101,9 +102,7 @@ def render_model_card(report: MergeReport) -> str:
     if report.adapter.method == "dora":
         front["tags"][-1] = "dora"
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
+        front_matter(front),
         "",
         f"# {Path(report.output).name}",
         "",
@@ -118,7 +117,7 @@ def render_model_card(report: MergeReport) -> str:
     ]
     data = report.training_data
     if data:
-        lines += [f"- {key}: {value}" for key, value in data.items() if value not in (None, [], {})]
+        lines += bullet_lines(list(data.items()))
     else:
         lines.append("Not recorded with the adapter.")
     lines += [

@@ -33,6 +33,7 @@ from elmtune.merging.merged_checkpoint import CARD_FILE, copy_tokenizer, write_c
 from elmtune.merging.model_card import render_model_card, training_data
 from elmtune.merging.options import MergeError, MergeOptions, VerifyBudget
 from elmtune.merging.report import REPORT_FILE, HeadHandling, MergedAdapter, MergeReport, MergeTimings
+from elmtune.merging.run_report import write_merge_report
 from elmtune.merging.safetensors_writer import ShardedSafetensorsWriter, TensorSpec
 from elmtune.merging.sources import SafetensorsSource, StateDictSource, TensorSource
 from elmtune.merging.transformers_base import (
@@ -325,6 +326,7 @@ def merge_to_directory(
         report.write(tmp)
         (tmp / CARD_FILE).write_text(render_model_card(report), encoding="utf-8")
         path = staged.commit()
+    write_merge_report(path)  # after the merged directory is published: it stays intact
     return MergeResult(path=path, report=report)
 
 
