@@ -1,11 +1,12 @@
 """Fixtures shared by every test package: the tiny random OpenELM, the bundled tokenizer, token ids, the logits
-helper, adapters that look trained, and one-thread torch kernels.
+helper, adapters that look trained, one-thread torch kernels, and a fresh accelerate state per test.
 
 Subpackage ``conftest.py`` files hold only what their own tests need on top of these.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,3 +102,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state() -> Iterator[None]:
+    """Run every test with accelerate's process-wide state unset before and after it, as a new process would.
+
+    ``Accelerator(...)`` fixes the mixed precision for the whole process; a test that trained in bf16 (TRL's
+    trainers, for one) would otherwise make a later in-process ``run_training`` with fp32 fail, including one in a
+    module-scoped fixture, which is set up before this fixture runs (hence the reset after each test too).
+    """
+    _reset_accelerator_state()
+    yield
+    _reset_accelerator_state()
+
+
+def _reset_accelerator_state() -> None:
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
