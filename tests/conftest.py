@@ -89,6 +89,21 @@ def perturb() -> Callable[..., None]:
     return _perturb
 
 
+def _adapted_tiny(**settings: object) -> nn.Module:
+    """The tiny model (seed 0) with an adapter of ``settings`` (r 4, alpha 8 unless given), perturbed, in eval mode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_adapter(_make_tiny(), AdapterConfig(**{"r": 4, "alpha": 8, **settings}))
+    _perturb(model)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def adapted_tiny() -> Callable[..., nn.Module]:
+    """``adapted_tiny(**adapter_settings)``: the tiny model with a non-trivial adapter (B != 0), in eval mode."""
+    return _adapted_tiny
+
+
 @pytest.fixture(scope="session")
 def trained_adapter() -> Callable[..., Path]:
     """``trained_adapter(base_dir, out, seed=7, base_name=None, scale=0.05, **adapter_settings)`` -> saved dir."""

@@ -23,15 +23,6 @@ ATOL = 1e-5
 MIXED = ("q", "v", "gate", "out_proj", "proj_2")  # sub-projections and whole modules together
 
 
-def adapted(make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], **cfg: object) -> nn.Module:
-    cfg = {"r": 4, "alpha": 8, **cfg}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_adapter(make_tiny(), AdapterConfig(**cfg))
-    perturb(model)
-    return model.eval()
-
-
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_init_output_equals_base(
     logits_of: Callable[..., torch.Tensor], make_tiny: Callable[..., nn.Module], ids: torch.Tensor, method: str
@@ -70,8 +61,9 @@ def test_save_load_gives_identical_logits(
     ids: torch.Tensor,
     tmp_path: Path,
     method: str,
+    adapted_tiny: Callable[..., nn.Module],
 ) -> None:
-    model = adapted(make_tiny, perturb, method=method, targets=("token_embeddings", *MIXED), train_norms=True)
+    model = adapted_tiny(method=method, targets=("token_embeddings", *MIXED), train_norms=True)
     expected = logits_of(model, ids)
     save_adapter(model, tmp_path, base_name="tiny")
     loaded = load_adapter(make_tiny(), tmp_path)
@@ -91,9 +83,10 @@ def test_plain_peft_loads_adapters_without_sub_projections(
     ids: torch.Tensor,
     tmp_path: Path,
     method: str,
+    adapted_tiny: Callable[..., nn.Module],
 ) -> None:
     # apple = four projections + embedding (DoRA falls back to LoRA there), with layer-wise ranks and trained norms
-    model = adapted(make_tiny, perturb, method=method, targets="apple", rank_strategy="budget", train_norms=True)
+    model = adapted_tiny(method=method, targets="apple", rank_strategy="budget", train_norms=True)
     expected = logits_of(model, ids)
     save_adapter(model, tmp_path)
     with warnings.catch_warnings():
@@ -180,8 +173,9 @@ def test_dora_eval_cache_follows_weight_updates(
     make_tiny: Callable[..., nn.Module],
     perturb: Callable[..., None],
     ids: torch.Tensor,
+    adapted_tiny: Callable[..., nn.Module],
 ) -> None:
-    model = adapted(make_tiny, perturb, method="dora", targets="q,proj_1")
+    model = adapted_tiny(method="dora", targets="q,proj_1")
     first = logits_of(model, ids)
     assert torch.equal(logits_of(model, ids), first)  # cached norms reused
     with torch.no_grad():

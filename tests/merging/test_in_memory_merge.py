@@ -18,15 +18,6 @@ ATOL = 1e-5
 MIXED = ("q", "v", "gate", "out_proj", "proj_2")  # sub-projections and whole modules together
 
 
-def adapted(make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], **cfg: object) -> nn.Module:
-    cfg = {"r": 4, "alpha": 8, **cfg}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_adapter(make_tiny(), AdapterConfig(**cfg))
-    perturb(model)
-    return model.eval()
-
-
 @pytest.mark.parametrize("method", ["lora", "dora"])
 @pytest.mark.parametrize("targets", [MIXED, ("all",)])
 def test_merged_equals_unmerged_and_merge_is_idempotent(
@@ -38,8 +29,9 @@ def test_merged_equals_unmerged_and_merge_is_idempotent(
     merge_in_memory: Callable[..., dict[str, torch.Tensor]],
     method: str,
     targets: tuple[str, ...],
+    adapted_tiny: Callable[..., nn.Module],
 ) -> None:
-    model = adapted(make_tiny, perturb, method=method, targets=targets, rank_strategy="proportional")
+    model = adapted_tiny(method=method, targets=targets, rank_strategy="proportional")
     base_logits = logits_of(make_tiny(), ids)
     unmerged = logits_of(model, ids)
     assert (unmerged - base_logits).abs().max() > 1e-2  # the adapter does something
