@@ -20,13 +20,13 @@ import time
 import warnings
 
 
-def build(base, variant: str, cfg):  # noqa: ANN001, ANN201 - torch objects, imported lazily
-    """One trainable copy of ``base`` with the adapter of ``variant``."""
+def build(base, variant: str, cfg, copy_base: bool = True):  # noqa: ANN001, ANN201 - torch objects, imported lazily
+    """One trainable copy of ``base`` with the adapter of ``variant`` (``base`` itself when ``copy_base`` is False)."""
     from peft import get_peft_model
 
     from elmtune.adapters import AdapterConfig, apply_adapter, build_lora_config
 
-    model = copy.deepcopy(base)
+    model = copy.deepcopy(base) if copy_base else base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if variant == "lora":

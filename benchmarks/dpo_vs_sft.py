@@ -67,21 +67,15 @@ def build_batches(args: argparse.Namespace, vocab: int):  # noqa: ANN201 - torch
     return {k: v.to(to) for k, v in sft.items()}, {k: v.to(to) for k, v in dpo.items()}
 
 
-def main() -> None:
-    """Time the three kinds of step and print the table and the ratios to SFT."""
-    args = parse_args()
+def build_steps(args: argparse.Namespace) -> tuple[dict, int]:
+    """One model with one LoRA adapter: for each kind of step a function running one optimizer step; adapter size."""
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from elmtune.adapters import AdapterConfig, apply_adapter
     from elmtune.finetune.objectives import PreferenceObjective, SFTObjective
     from elmtune.finetune.reference import ReferenceLogps
     from elmtune.models import load_model
 
-    on_cpu = not args.device.startswith("cuda")
-    if on_cpu:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,18 +91,36 @@ def main() -> None:
     table = ReferenceLogps(*reference.chunk(2))
     precomputed = PreferenceObjective(beta=0.1, precomputed=table)
     indexed = {**dpo_batch, "item_index": torch.arange(args.pairs, device=args.device)}
-    steps = {"sft": (sft, sft_batch), "dpo": (dpo, dpo_batch), "dpo-precomputed": (precomputed, indexed)}
+    objectives = {"sft": (sft, sft_batch), "dpo": (dpo, dpo_batch), "dpo-precomputed": (precomputed, indexed)}
 
-    def step(kind: str) -> tuple[float, float]:
-        """(timed seconds: CPU time on a CPU, wall time on CUDA; wall seconds) of one optimizer step."""
-        objective, batch = steps[kind]
-        sync = (lambda: None) if on_cpu else torch.cuda.synchronize
-        sync()
-        start, start_cpu = time.perf_counter(), time.process_time()
+    def step(kind: str) -> None:
+        objective, batch = objectives[kind]
         out = objective(model, batch)
         (out.loss_sum / objective.count(batch)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return {kind: (lambda kind=kind: step(kind)) for kind in KINDS}, sum(p.numel() for p in params)
+
+
+def main() -> None:
+    """Time the three kinds of step and print the table and the ratios to SFT."""
+    args = parse_args()
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    on_cpu = not args.device.startswith("cuda")
+    if on_cpu:
+        torch.set_num_threads(args.threads)
+    steps, adapter_params = build_steps(args)
+
+    def step(kind: str) -> tuple[float, float]:
+        """(timed seconds: CPU time on a CPU, wall time on CUDA; wall seconds) of one optimizer step."""
+        sync = (lambda: None) if on_cpu else torch.cuda.synchronize
+        sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        steps[kind]()
         sync()
         wall = time.perf_counter() - start
         return (time.process_time() - start_cpu if on_cpu else wall), wall
@@ -126,7 +138,6 @@ def main() -> None:
 
     best = {k: min(t) for k, t in times.items()}
     clock = f"CPU time, {args.threads} thread(s)" if on_cpu else "wall time"
-    adapter_params = sum(p.numel() for p in params)
     result = Table(
         title=f"{args.preset} fp32 {args.device}, {args.pairs} pairs = {2 * args.pairs} sequences x {args.seq} tokens, "
         f"targets {args.targets}, r {args.r} ({adapter_params / 1e6:.2f} M adapter parameters), best of "

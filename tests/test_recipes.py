@@ -88,12 +88,13 @@ def test_flags_override_yaml_and_unknown_keys_fail(tmp_path):
 def test_build_recipe_loads(recipe):
     build = load_build_recipe(recipe)
     assert build.model and build.stages
-    if "tiny" in recipe.stem:  # the tiny variants run offline from the repository root, on the fixtures
+    if "tiny" in recipe.stem:  # the tiny variants run offline anywhere, on the shipped samples
         assert build.model == "tiny"
         for stage in build.stages:
             if stage.kind in ("sft", "dpo"):
-                assert (ROOT / stage.settings.data.path).is_file()
-                assert stage.settings.train.device == "cpu" and stage.settings.train.max_steps <= 5
+                assert Path(stage.settings.data.path).is_absolute() and Path(stage.settings.data.path).is_file()
+                assert stage.settings.train.device == "cpu"
+                assert stage.settings.train.max_steps <= (25 if recipe.stem == "quickstart-tiny" else 5)
 
 
 def _stage(recipe: str, name: str):

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from elmtune.errors import ConfigError
+from elmtune.shipped_files import locate_config, resolve_shipped_paths
 
 _FLOAT = re.compile(
     r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -50,22 +51,27 @@ def read_config_file(path: str | Path, what: str = "config file") -> dict[str, A
     """The mapping at the top of a YAML configuration file (empty for an empty file).
 
     This is the one reader of configuration files: recipes (``elmtune train --config``), adapter configs and the
-    ``--config`` files of ``elmtune eval`` and ``elmtune merge``.
+    ``--config`` files of ``elmtune eval`` and ``elmtune merge``. A path that does not exist but is the name of a
+    shipped recipe (``tiny-lora-commonsense``) reads that recipe; every ``elmtune:PATH`` value names a file shipped
+    inside the package (``elmtune:samples/...``) and is replaced by its path.
 
     Args:
-        path: The file.
+        path: The file, or the name of a shipped recipe.
         what: What the file is, for messages (``recipe``, ``adapter config``...).
 
     Returns:
         The top-level mapping, as a fresh ``dict``.
 
     Raises:
-        ConfigError: The file is missing, a directory, not valid YAML, or does not hold a mapping.
+        ConfigError: The file is missing, a directory, not valid YAML, or does not hold a mapping, or an
+            ``elmtune:PATH`` value names no shipped file.
     """
-    path = Path(path)
+    path = locate_config(path)
     if not path.is_file():
         state = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"{what} {path} {state}; give the path of a YAML file")
+        raise ConfigError(
+            f"{what} {path} {state}; give the path of a YAML file or the name of a shipped recipe (elmtune recipes)"
+        )
     try:
         data = load_recipe_yaml(path)
     except yaml.YAMLError as err:
@@ -77,7 +83,7 @@ def read_config_file(path: str | Path, what: str = "config file") -> dict[str, A
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path} must hold a mapping of settings (key: value lines), got a {type(data).__name__}")
-    return dict(data)
+    return dict(resolve_shipped_paths(data, where=str(path)))
 
 
 __all__ = ["RecipeLoader", "load_recipe_yaml", "read_config_file"]

@@ -64,3 +64,30 @@ def test_from_names_a_stage_of_the_recipe(elmtune, tmp_path):
         "error: --from dpp: no stage of that name; the stages are sft, dpo, merge, eval, export, samples\n"
     )
     assert not out.exists()
+
+
+def test_a_missing_tracker_package_stops_the_build_before_its_first_stage(elmtune, tmp_path, monkeypatch):
+    import elmtune.finetune.trackers as trackers
+
+    monkeypatch.setattr(trackers, "package_installed", lambda module: module != "wandb")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_with("dpo", train={"report_to": ["wandb"]}), sort_keys=False))
+    out = tmp_path / "build"
+    run = elmtune("build", str(path), "-o", str(out))
+    assert run.code == 2 and run.err.count("\n") == 1
+    assert run.err.startswith("error: train.report_to wandb: not installed; run pip install 'elmtune[trackers]'")
+    assert not out.exists()
+
+
+def test_trackers_are_not_part_of_a_training_stage_fingerprint():
+    from elmtune.build.fingerprint import covered_values
+    from elmtune.build.recipe import parse_build_recipe
+
+    def sft_stage(train):
+        recipe = {"model": "tiny", "stages": [{"name": "sft", "kind": "sft", "data": {"path": "x"}, "train": train}]}
+        return parse_build_recipe(recipe).stages[0]
+
+    plain = covered_values(sft_stage({"lr": 0.1}), "tiny", {})
+    assert covered_values(sft_stage({"lr": 0.1, "report_to": ["tensorboard"]}), "tiny", {}) == plain
+    assert covered_values(sft_stage({"lr": 0.2}), "tiny", {})["settings"] != plain["settings"]
+    assert "report_to" not in plain["settings"]["train"] and plain["settings"]["train"]["lr"] == 0.1

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import elmtune.evaluation
+import elmtune.progress
 from elmtune.cli.app import app
 from elmtune.errors import ConfigError, ElmtuneError
 
@@ -109,7 +110,14 @@ def test_user_errors(calls, args, message):
     assert message in str(result.exception) and not calls
 
 
-def test_real_run_prints_the_table_and_writes_results(tmp_path):
+def test_progress_is_on_unless_no_progress_is_given(calls):
+    assert runner.invoke(app, ["eval", "tiny", "--data", "d"]).exit_code == 0
+    assert runner.invoke(app, ["eval", "tiny", "--data", "d", "--no-progress"]).exit_code == 0
+    assert [call["config"].progress for call in calls] == [True, False]
+
+
+def test_real_run_prints_the_table_and_writes_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(elmtune.progress, "MIN_GAP_S", 0.0)  # a progress line at each tenth, however fast
     result = runner.invoke(
         app,
         [
@@ -130,6 +138,8 @@ def test_real_run_prints_the_table_and_writes_results(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| boolq | acc |" in result.output and "| boolq | acc_norm |" in result.output
     assert (tmp_path / "results.json").is_file() and (tmp_path / "examples" / "boolq.jsonl").is_file()
+    progress = [line.split(",")[0] for line in result.stderr.splitlines() if line.startswith("eval boolq: ")]
+    assert progress == ["eval boolq: 1/2 questions (50%)", "eval boolq: 2/2 questions (100%)"]  # stderr: not a tty
 
 
 def test_config_file_settings_and_flags_on_top(calls, tmp_path):

@@ -63,19 +63,19 @@ def library_calls(monkeypatch):
 def test_options_reach_the_library(library_calls):
     result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--outtype", "bf16", "--name", "My ELM"])
     assert result.exit_code == 0, result.output
-    expected = {"name": "My ELM", "progress": False, "overwrite": False}
+    expected = {"name": "My ELM", "progress": True, "overwrite": False}  # progress: a bar or plain lines
     assert library_calls == [(Path("ckpt"), Path("m.gguf"), "bf16", expected)]
     assert "1 BF16" in result.output and "1.0 MiB" in result.output
-    result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--overwrite"])
+    result = runner.invoke(app, ["export", "ckpt", "-o", "m.gguf", "--overwrite", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert library_calls[-1][3]["overwrite"] is True
+    assert library_calls[-1][3]["overwrite"] is True and library_calls[-1][3]["progress"] is False
 
 
 def test_default_outtype_is_f16(library_calls):
     result = runner.invoke(app, ["export", "ckpt", "--output", "m.gguf"])
     assert result.exit_code == 0, result.output
     assert library_calls == [
-        (Path("ckpt"), Path("m.gguf"), "f16", {"name": None, "progress": False, "overwrite": False})
+        (Path("ckpt"), Path("m.gguf"), "f16", {"name": None, "progress": True, "overwrite": False})
     ]
 
 

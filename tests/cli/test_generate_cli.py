@@ -133,3 +133,19 @@ def test_chat_reset_and_end_of_input(prompts_seen):
     system = Message("system", "Be brief.")
     assert [p.messages for p in prompts_seen] == [(system, Message("user", "a")), (system, Message("user", "b"))]
     assert "(new conversation)" in result.stdout
+
+
+def test_batch_and_adapter_mistakes_are_one_line_errors(tmp_path, run_main):
+    source, out = tmp_path / "prompts.jsonl", tmp_path / "replies.jsonl"
+    source.write_text('{"prompt": "Hi"}\n', encoding="utf-8")
+    code, line = run_main(["generate", "tiny", "-i", str(source)])
+    assert (code, line) == (2, "error: --input and --output go together: prompts in, replies out")
+    code, line = run_main(["generate", "tiny", "-i", str(source), "-o", str(out), "--batch-size", "0"])
+    assert (code, line) == (2, "error: --batch-size must be at least 1, not 0")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    code, line = run_main(["generate", "tiny", "-i", str(empty), "-o", str(out)])
+    assert (code, line) == (1, f"error: {empty}: no prompts (the file is empty)")
+    code, line = run_main(["generate", "tiny", "-p", "hi", "--adapter", str(tmp_path / "no-adapter")])
+    assert (code, line) == (1, f"error: adapter directory {tmp_path / 'no-adapter'} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "prompts.jsonl"]  # nothing written

@@ -73,5 +73,5 @@ def test_every_merge_flag_sets_a_merge_option():
     names = [param.name for param in command.params]
     keys = config_keys(MergeOptions, names, MERGE_RENAMED, MERGE_COMMAND_OPTIONS)
     fields = {spec.name for spec in dataclasses.fields(MergeOptions)}
-    without_flag = {"budget", "progress", "probe_texts"}  # programmatic: the check's budget and prompts, the terminal
+    without_flag = {"budget", "probe_texts"}  # programmatic: the check's budget and prompts
     assert set(keys.values()) == fields - without_flag

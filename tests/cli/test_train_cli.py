@@ -165,7 +165,8 @@ def _bad_recipe(tmp_path: Path) -> Path:
         (
             ["--config", "{tmp}/nope.yaml"],
             2,
-            "error: recipe {tmp}/nope.yaml does not exist; give the path of a YAML file",
+            "error: recipe {tmp}/nope.yaml does not exist; give the path of a YAML file or the name of a shipped "
+            "recipe (elmtune recipes)",
         ),
         (
             ["--config", str(RECIPE), "--label-smoothing", "0.7"],

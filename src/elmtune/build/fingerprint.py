@@ -69,6 +69,14 @@ def _local_data(stage: Stage) -> list[str]:
     return paths
 
 
+def _result_settings(stage: Stage) -> dict[str, Any]:
+    """The stage's settings that shape its result: a training stage's trackers (``train.report_to``) do not."""
+    settings = stage.settings_dict()
+    if stage.kind in ("sft", "dpo"):
+        settings["train"] = {key: value for key, value in settings["train"].items() if key != "report_to"}
+    return settings
+
+
 def covered_values(stage: Stage, base_model: str, upstream: Mapping[str, str | None]) -> dict[str, Any]:
     """What the stage's fingerprint covers, as plain values.
 
@@ -81,7 +89,7 @@ def covered_values(stage: Stage, base_model: str, upstream: Mapping[str, str | N
         "kind": stage.kind,
         "base_model": base_model,
         "inputs": stage.inputs(),
-        "settings": stage.settings_dict(),
+        "settings": _result_settings(stage),
         "upstream": dict(upstream),
         "data": {path: content_digest(path) for path in _local_data(stage)},
     }

@@ -37,6 +37,7 @@ from elmtune.errors import ConfigError, UsageError
 from elmtune.evaluation.config import EvalConfig
 from elmtune.finetune.config import RunConfig
 from elmtune.recipe_yaml import read_config_file
+from elmtune.shipped_files import locate_config
 
 StageKind = Literal["sft", "dpo", "eval", "merge", "export", "generate"]
 OutputKind = Literal["adapter", "results", "model", "gguf", "replies"]
@@ -284,7 +285,8 @@ def load_build_recipe(path: str | Path) -> BuildRecipe:
     Raises:
         ConfigError: An unreadable file or an invalid recipe (see :func:`parse_build_recipe`).
     """
-    return parse_build_recipe(read_config_file(path, "build recipe"), source=str(path))
+    located = locate_config(path)
+    return parse_build_recipe(read_config_file(located, "build recipe"), source=str(located))
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """A build's report: ``report.md`` and a self-contained ``report.html`` in the build directory.
 
-Rendered from ``build.json`` and the stages' outputs, so it can be rendered again (``elmtune report BUILD_DIR``): per
-stage its status, time and own report, the evaluation tables and charts, and the sample generations.
+Rendered from ``build.json`` and the stages' outputs, so it can be rendered again (``elmtune report BUILD_DIR``): the
+summary (base vs tuned with its chart, training ends, merge checks, sample replies, outputs), then per stage its
+status, time and own report, the evaluation tables and charts, and the sample generations.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 from pathlib import Path, PurePosixPath
 
 from elmtune.build.record import BUILD_FILE, BuildRecord, StageRecord
+from elmtune.build.summary import summarize_build
+from elmtune.build.summary_report import summary_blocks
 from elmtune.evaluation.run_report import results_table
 from elmtune.report_html import REPORT_HTML, Block, Heading, Image, Paragraph, Report, Table, number, write_report
 
@@ -65,6 +68,8 @@ def build_build_report(build_dir: Path) -> Report:
     total = sum(entry.seconds or 0.0 for entry in record.stages.values())
     blocks: list[Block] = [
         Paragraph(f"Recipe {record.recipe}, base model {record.model}; stage time in total {total:.1f} s."),
+        Heading("Summary"),
+        *summary_blocks(summarize_build(build_dir), chart_dir=build_dir),
         Heading("Stages"),
         _stages_table(build_dir, record),
         Heading("Evaluation"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+from typing import NoReturn
 
 import typer
 
@@ -20,8 +22,11 @@ from elmtune.cli import generate as generate_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.cli import merge as merge_cmd
 from elmtune.cli import push as push_cmd
+from elmtune.cli import quickstart as quickstart_cmd
+from elmtune.cli import recipes as recipes_cmd
 from elmtune.cli import report as report_cmd
 from elmtune.cli import train as train_cmd
+from elmtune.cli.examples import epilog
 from elmtune.errors import ElmtuneError, UsageError
 
 app = typer.Typer(
@@ -29,6 +34,7 @@ app = typer.Typer(
     help="Fine-tune, align, evaluate, merge and export Apple's OpenELM models (LoRA/DoRA, SFT, DPO).",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are reflowed to the terminal width
     pretty_exceptions_enable=False,
 )
 
@@ -50,46 +56,50 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show the full Python traceback of an error."),
 ) -> None:
     """elmtune: parameter-efficient fine-tuning for OpenELM."""
-    _debug["on"] = _debug["on"] or debug
+    _debug["on"] = bool(os.environ.get("ELMTUNE_DEBUG")) or debug  # set afresh by every invocation
 
 
-app.command("inspect")(inspect_cmd.inspect)
-app.command("train")(train_cmd.train)
-app.command("eval")(eval_cmd.eval)
-app.command("export")(export_cmd.export)
-app.command("merge")(merge_cmd.merge)
-app.command("merge-adapters")(merge_cmd.merge_adapters)
-app.command("generate")(generate_cmd.generate)
-app.command("chat")(chat_cmd.chat)
-app.command("build")(build_cmd.build)
-app.command("push")(push_cmd.push)
-app.command("report")(report_cmd.report)
+# Every command registers with its --help examples (elmtune.cli.examples); a test fails for one without.
+app.command("quickstart", epilog=epilog("quickstart"))(quickstart_cmd.quickstart)
+app.command("inspect", epilog=epilog("inspect"))(inspect_cmd.inspect)
+app.command("train", epilog=epilog("train"))(train_cmd.train)
+app.command("eval", epilog=epilog("eval"))(eval_cmd.eval)
+app.command("export", epilog=epilog("export"))(export_cmd.export)
+app.command("merge", epilog=epilog("merge"))(merge_cmd.merge)
+app.command("merge-adapters", epilog=epilog("merge-adapters"))(merge_cmd.merge_adapters)
+app.command("generate", epilog=epilog("generate"))(generate_cmd.generate)
+app.command("chat", epilog=epilog("chat"))(chat_cmd.chat)
+app.command("build", epilog=epilog("build"))(build_cmd.build)
+app.command("recipes", epilog=epilog("recipes"))(recipes_cmd.recipes)
+app.command("push", epilog=epilog("push"))(push_cmd.push)
+app.command("report", epilog=epilog("report"))(report_cmd.report)
 
 
 def main() -> None:
     """Console-script entry point: every error prints one line, without a traceback unless ``--debug`` is given.
 
     Exit codes: 0 success, 1 a failure (including unexpected errors), 2 bad usage (argument parsing, or a
-    :class:`~elmtune.errors.UsageError` such as an invalid recipe field), 130 interrupted.
+    :class:`~elmtune.errors.UsageError` such as an invalid recipe field), 130 interrupted. ``--debug`` (or
+    ``ELMTUNE_DEBUG=1``) prints the traceback above the error line and keeps the exit code.
     """
     try:
         app()
-    except KeyboardInterrupt:
-        if _debug["on"]:
-            raise
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        _fail(err, "interrupted", 130)
     except ElmtuneError as err:
-        if _debug["on"]:
-            raise
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2 if isinstance(err, UsageError) else 1)
+        _fail(err, str(err), 2 if isinstance(err, UsageError) else 1)
     except Exception as err:  # an error we did not anticipate: still one line, the traceback on request
-        if _debug["on"]:
-            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        typer.echo(f"error: {type(err).__name__}: {first} (unexpected; rerun with --debug for the traceback)", err=True)
-        sys.exit(1)
+        hint = "" if _debug["on"] else " (unexpected; rerun with --debug for the traceback)"
+        _fail(err, f"{type(err).__name__}: {first}{hint}", 1)
+
+
+def _fail(err: BaseException, message: str, code: int) -> NoReturn:
+    """Print ``err``'s traceback (with ``--debug`` only), then ``error: MESSAGE``, and exit with ``code``."""
+    if _debug["on"]:
+        traceback.print_exception(err, file=sys.stderr)
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -39,14 +39,6 @@ def build(
     Every stage is checked before any work. A stage whose settings, inputs and upstream outputs are unchanged and
     whose output is complete is skipped, so running the command again resumes an interrupted build (an sft or dpo
     stage from its latest checkpoint). DIR/build.json records each stage's fingerprint, status, timings and output.
-
-    For example:
-
-      elmtune build recipes/build-assistant-tiny.yaml -o builds/assistant-tiny
-
-      elmtune build recipes/build-commonsense-expert.yaml -o builds/expert --dry-run
-
-      elmtune build recipes/build-commonsense-expert.yaml -o builds/expert --from merge
     """
     from elmtune.build.recipe import load_build_recipe
     from elmtune.build.run import run_build
@@ -55,7 +47,14 @@ def build(
     result = run_build(parsed, output, from_stage=from_stage, dry_run=dry_run, overwrite=overwrite, say=typer.echo)
     if result.dry_run:
         return
+    from elmtune.build.summary import summarize_build
+    from elmtune.build.summary_report import summary_blocks
+    from elmtune.report_html import Report, to_markdown
+
     ran = sum(outcome.action != "skip" for outcome in result.stages)
+    blocks = summary_blocks(summarize_build(output), full_paths=True)
+    typer.echo(to_markdown(Report(f"Build summary: {output}", tuple(blocks))))
     typer.echo(
-        f"build complete: {ran} stage(s) run, {len(result.stages) - ran} skipped; record: {output / 'build.json'}"
+        f"build complete: {ran} stage(s) run, {len(result.stages) - ran} skipped; record: {output / 'build.json'}; "
+        f"report: {output / 'report.html'}"
     )

@@ -37,10 +37,7 @@ def chat(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Chat with MODEL: the whole conversation is the prompt of every reply; /reset starts over, /exit quits.
-
-    Example: elmtune chat out/merged --system "You are a concise assistant."
-    """
+    """Chat with MODEL: the whole conversation is the prompt of every reply; /reset starts over, /exit quits."""
     from elmtune.inference.chat import run_chat
     from elmtune.inference.request import ModelSource
 

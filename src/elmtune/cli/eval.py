@@ -16,6 +16,7 @@ from elmtune.cli.options import (
     DeviceOpt,
     ModelArg,
     OverwriteOpt,
+    ProgressOpt,
     config_keys,
     flag_names,
     given_flags,
@@ -27,20 +28,6 @@ from elmtune.errors import ConfigError, ElmtuneError
 
 if TYPE_CHECKING:
     from elmtune.evaluation.config import EvalConfig
-
-EXAMPLES = """
-Examples:
-
-  elmtune eval 270M --adapter runs/lora --protocol apple --data LLM-Adapters/dataset --limit 500
-
-  elmtune eval out/merged --protocol lm-eval --tasks arc_easy,piqa --data arc_easy=arc.jsonl,piqa=piqa.jsonl
-
-  elmtune eval 270M --adapter runs/lora --compare base --protocol apple --data LLM-Adapters/dataset
-
-  elmtune eval 270M --adapter runs/lora --config eval.yaml --limit 100
-
-  elmtune eval 270M --adapter runs/dpo/final --protocol preference --data held_out_pairs.jsonl --beta 0.1
-"""
 
 COMMAND_OPTIONS: frozenset[str] = frozenset(
     {"ctx", "model", "adapter", "config_file", "output", "overwrite", "compare", "compare_adapter", "tokenizer"}
@@ -173,6 +160,7 @@ def eval(  # noqa: A001 - the command is called eval
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid/--no-skip-invalid", help="preference: skip and count malformed rows.")
     ] = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Evaluate MODEL (optionally + adapter) on commonsense tasks or preference pairs; print a labelled table.
 
@@ -229,6 +217,3 @@ def _flag_value(name: str, value: Any) -> Any:
     if name == "batch_size":
         return _batch_size(str(value))
     return value
-
-
-eval.__doc__ = f"{eval.__doc__}\n{EXAMPLES}"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from elmtune.cli.options import OutputOpt, OverwriteOpt
+from elmtune.cli.options import OutputOpt, OverwriteOpt, ProgressOpt
 
 
 class ExportFormat(str, Enum):
@@ -50,6 +50,7 @@ def export(
         ),
     ] = False,
     overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Export MODEL_DIR to GGUF in llama.cpp's OpenELM layout, with the Llama-2 vocabulary (OpenELM checkpoints only).
 
@@ -57,8 +58,6 @@ def export(
 
     The file is written under a hidden temporary name next to -o and renamed only when complete: any failure leaves
     -o as it was.
-
-    Example: elmtune export merged/ --format gguf -o openelm-270m.Q8_0.gguf --outtype q8_0
     """
     from rich.console import Console
 
@@ -68,7 +67,7 @@ def export(
     if check:
         require_llama_cpp()  # fail before the export, not after it
     console = Console()
-    report = export_gguf(model_dir, output, outtype.value, name=name, progress=console.is_terminal, overwrite=overwrite)
+    report = export_gguf(model_dir, output, outtype.value, name=name, progress=progress, overwrite=overwrite)
     types = ", ".join(f"{count} {kind}" for kind, count in sorted(report.type_counts.items()))
     console.print(
         f"wrote {report.path} ({fmt.value}, {report.outtype}): {report.file_bytes / 2**20:.1f} MiB, "

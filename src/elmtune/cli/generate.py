@@ -16,16 +16,6 @@ from elmtune.errors import ConfigError
 if TYPE_CHECKING:
     from elmtune.inference.settings import DecodingSettings
 
-EXAMPLES = """
-Examples:
-
-  elmtune generate out/merged --prompt "Name three uses of a paperclip."
-
-  elmtune generate 270M --adapter runs/dpo/final --prompt "Hi!" --temperature 0.7 --top-p 0.9 --seed 1
-
-  elmtune generate out/merged --input prompts.jsonl --output replies.jsonl --max-new-tokens 128
-"""
-
 AdapterOpt = Annotated[
     Path | None, typer.Option("--adapter", help="Adapter directory to apply on top of MODEL.", show_default=False)
 ]
@@ -130,6 +120,3 @@ def generate(
         return
     run_generate(request, on_text=lambda piece: typer.echo(piece, nl=False))
     typer.echo("")
-
-
-generate.__doc__ = f"{generate.__doc__}\n{EXAMPLES}"

@@ -27,8 +27,6 @@ def inspect(model: ModelArg, adapter: AdapterOpt = None) -> None:
 
     MODEL is an OpenELM preset, hub id or directory, or the directory of any transformers causal LM (Llama, OLMo,
     Phi-3, GPT-NeoX, OPT, GPT-2...), built on the meta device: no weights are loaded.
-
-    Example: elmtune inspect 270M
     """
     from rich.console import Console
 

@@ -14,6 +14,7 @@ from elmtune.cli.options import (
     ModelArg,
     OutputOpt,
     OverwriteOpt,
+    ProgressOpt,
     config_keys,
     flag_names,
     given_flags,
@@ -88,6 +89,7 @@ def merge(
     ] = "5GB",
     device: DeviceOpt = None,
     overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Merge ADAPTER_DIR into BASE and write a checked checkpoint directory.
 
@@ -100,21 +102,16 @@ def merge(
     budget the command fails and leaves no output directory. An adapter module the base lacks is refused, checked or
     not. The output is built as a hidden sibling and moved into place only when complete: any failure leaves -o as
     it was.
-
-    Example: elmtune merge apple/OpenELM-270M runs/lora/final -o merged/ --dtype bf16
     """
-    from rich.console import Console
-
     from elmtune.merging.options import MergeOptions
     from elmtune.merging.run import merge_to_directory
 
-    console = Console(stderr=True)
-    options = _merge_options(ctx, config_file, MergeOptions, progress=console.is_terminal)
+    options = _merge_options(ctx, config_file, MergeOptions)
     result = merge_to_directory(base, adapter_dir, output, options)
     _print_merge_report(result.path, result.report)
 
 
-def _merge_options(ctx: typer.Context, config_file: Path | None, kind: type, progress: bool) -> Any:
+def _merge_options(ctx: typer.Context, config_file: Path | None, kind: type) -> Any:
     """The merge settings: defaults, then the ``--config`` file, then the flags given; errors name the flag."""
     from elmtune.config_mapping import section_from_mapping
     from elmtune.recipe_yaml import read_config_file
@@ -126,7 +123,7 @@ def _merge_options(ctx: typer.Context, config_file: Path | None, kind: type, pro
     if "verify" in given:
         given["verify"] = not given["verify"]  # the flag is --no-verify
     settings = read_config_file(config_file, "merge config") if config_file is not None else {}
-    settings = {"progress": progress, **settings, **given}
+    settings = {"progress": True, **settings, **given}  # the command reports progress unless told not to
     if settings.get("dtype") == "auto":
         settings["dtype"] = None
     try:
@@ -192,8 +189,6 @@ def merge_adapters(
     cat is exact (ranks add up); svd is the best low-rank approximation of the weighted sum; linear, ties and the
     dare methods combine the A and B factors separately, as peft does. The report gives each method's deviation from
     the exact weighted sum. The output is moved into place only when complete: any failure leaves -o as it was.
-
-    Example: elmtune merge-adapters runs/a/final runs/b/final --weights 0.6,0.4 --method svd -o combined/
     """
     from elmtune.adapters.config import AdapterError
     from elmtune.merging.combine import CombineOptions, combine_adapters

@@ -52,6 +52,14 @@ DeviceOpt = Annotated[
     ),
 ]
 
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Report progress on stderr: a bar on a terminal, otherwise a line every 10% or 10 s.",
+    ),
+]
+
 
 def given_flags(ctx: typer.Context) -> dict[str, Any]:
     """The parameters of the running command that were set on the command line (or by environment), by name.
@@ -164,6 +172,7 @@ __all__ = [
     "ModelArg",
     "OutputOpt",
     "OverwriteOpt",
+    "ProgressOpt",
     "config_keys",
     "flag_names",
     "given_flags",

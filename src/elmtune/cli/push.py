@@ -31,8 +31,6 @@ def push(
 
     The directory and the repository id are checked before anything is sent. The token comes from HF_TOKEN or
     `hf auth login`.
-
-    Example: elmtune push runs/commonsense/final me/openelm-270m-commonsense-lora --private
     """
     from elmtune.hub_upload import PushRequest, push_to_hub
 

@@ -151,6 +151,10 @@ def train(
     ] = None,
     seed: Annotated[int | None, Opt(help="Random seed.")] = None,
     log_every: Annotated[int | None, Opt(help="Log every N steps.")] = None,
+    report_to: Annotated[
+        list[str] | None,
+        Opt(help="Also send metrics and settings to tensorboard, wandb and/or mlflow (repeat or comma list)."),
+    ] = None,
     eval_every: Annotated[int | None, Opt(help="Validate every N steps.")] = None,
     save_every: Annotated[int | None, Opt(help="Checkpoint every N steps.")] = None,
     keep_last: Annotated[int | None, Opt(help="Checkpoints to keep.")] = None,

@@ -156,7 +156,7 @@ class EvalConfig:
         preference: Beta, data format and tokenisation of the ``preference`` protocol.
         backend: ``elmtune`` (built-in fast scorer) or ``lm-eval`` (lm-eval's own evaluator on this model, any task).
         seed: Seed of Apple's shuffle before ``limit``.
-        progress: Show progress bars (on a terminal only).
+        progress: Show progress: a bar on a terminal, periodic lines on stderr otherwise.
     """
 
     protocol: Protocol = "apple"

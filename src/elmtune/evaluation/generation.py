@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -27,6 +26,7 @@ from elmtune.evaluation.config import BatchSize, EvalConfig, GenerationSettings
 from elmtune.evaluation.data import DataError, file_provenance, load_rows
 from elmtune.evaluation.protocols import apple_subset, parse_candidates
 from elmtune.evaluation.report import TaskResult, mean_metric
+from elmtune.progress import Progress
 
 ANSWER_PATTERNS: dict[str, str] = {
     "boolq": r"true|false",
@@ -106,7 +106,7 @@ def generate_answers(
         settings: Beams and token budget.
         add_bos: Prepend BOS to the prompt (None: the tokenizer's default).
         batch_size: Prompts per ``generate`` call, or ``"auto"``.
-        progress: Show a progress bar.
+        progress: Report progress on stderr (see :mod:`elmtune.progress`).
 
     Returns:
         One :class:`GeneratedAnswer` per row, in order.
@@ -126,9 +126,7 @@ def generate_answers(
         bos_token_id=tokenizer.bos_token_id,
     )
     texts: dict[int, str] = {}
-    bar = tqdm(
-        total=len(rows), desc=f"{task} (generate)", disable=None if progress else True, leave=False
-    )  # None: off when not a TTY
+    bar = Progress(len(rows), f"eval {task} (generate)", "rows", enabled=progress)
 
     @torch.inference_mode()
     def step(batch: Sequence[int]) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from elmtune.datasets.examples import PreferenceExample
 from elmtune.datasets.loading import LoadReport, load_preference_examples
@@ -46,6 +45,7 @@ from elmtune.evaluation.report import MetricValue, TaskResult, mean_metric
 from elmtune.finetune.objectives import sequence_logps
 from elmtune.models import PAD_TOKEN_ID
 from elmtune.models.finite import NonFiniteError
+from elmtune.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ def score_pairs(
         pairs: Tokenised pairs.
         batch_size: Pairs per forward pass (two rows each), or ``"auto"`` (a token budget that halves on
             out-of-memory).
-        progress: Show a progress bar (on a terminal only).
+        progress: Report progress on stderr (see :mod:`elmtune.progress`).
 
     Returns:
         Per pair, in input order: ``(tuned, base)`` log-probabilities.
@@ -264,7 +264,7 @@ def score_pairs(
     device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i]))  # longest first: least padding
     scores: dict[int, tuple[SideLogps, SideLogps]] = {}
-    bar = tqdm(total=len(pairs), desc="pairs", disable=None if progress else True, leave=False)
+    bar = Progress(len(pairs), "eval preference", "pairs", enabled=progress)
 
     def step(indices: Sequence[int]) -> None:
         batch_pairs = [pairs[i] for i in indices]

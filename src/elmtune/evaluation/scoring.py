@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -36,6 +35,7 @@ from elmtune.evaluation.rows import (
     plan_rows,
 )
 from elmtune.models.modeling import CACHE_FIELD
+from elmtune.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class LoglikelihoodScorer:
         add_bos: Prepend BOS to contexts (None: the tokenizer's default), as lm-eval's ``add_bos_token``.
         layout: ``"shared"`` (shared prefix), ``"full"`` (one row per choice, as lm-eval) or ``"auto"``.
         max_length: Context length for left truncation; default from the model config (lm-eval's rule).
-        progress: Show a progress bar.
+        progress: Report progress on stderr (see :mod:`elmtune.progress`).
     """
 
     def __init__(
@@ -154,9 +154,8 @@ class LoglikelihoodScorer:
         keyed.sort(key=lambda item: (-len(item[1].tokens), item[0]))
         results: list[list[ChoiceScore | None]] = [[None] * len(requests) for requests in encoded]
         remaining = _count_rows(keyed)
-        bar = tqdm(
-            total=len(encoded), desc=description, disable=None if self.progress else True, leave=False
-        )  # None: off when not a TTY
+        # the one-question layout probe is too short to report
+        bar = Progress(len(encoded), f"eval {description}", "questions", enabled=self.progress and len(encoded) > 1)
 
         def step(batch: Sequence[tuple[int, Row]]) -> None:
             scores = self._forward([row for _, row in batch])
@@ -325,7 +324,7 @@ def score_questions(
         batch_size: Rows per forward pass, or ``"auto"``.
         add_bos: Prepend BOS to contexts (None: the tokenizer's default).
         layout: ``"shared"``, ``"full"`` or ``"auto"``.
-        progress: Show a progress bar.
+        progress: Report progress on stderr (see :mod:`elmtune.progress`).
 
     Returns:
         Per question, one :class:`ChoiceScore` per choice.

@@ -1,7 +1,8 @@
 """The model card (``README.md``) of a run's ``final/`` adapter: Hub metadata and the training summary.
 
 The card is rendered from what the run recorded: ``config.yaml`` (the run's settings), ``metrics.jsonl`` (the last
-losses and preference metrics), the adapter's own metadata, and the trained model (its trainable parameters). Its
+losses and preference metrics), ``data_report.json`` (the data after tokenisation: examples kept, truncated and
+dropped, tokens), the adapter's own metadata, and the trained model (its trainable parameters). Its
 front matter holds ``base_model``, ``library_name`` (``peft``), ``pipeline_tag`` (``text-generation``), ``tags`` and,
 when the data came from the Hugging Face Hub, ``datasets``. A checkpoint's ``adapter/`` is resume state and gets no
 card.
@@ -15,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from elmtune.finetune.data_report import DataReport, read_data_report
 from elmtune.finetune.run_log import read_metrics
 from elmtune.model_cards import CARD_FILE, bullet_lines, front_matter
 from elmtune.recipe_yaml import load_recipe_yaml
@@ -58,12 +60,14 @@ class AdapterCardFacts:
         run_config: The run's settings as written to ``config.yaml`` (``model``, ``adapter``, ``data``, ``train``).
         trainable_parameters: Parameters the run optimised.
         metrics: The final metrics.
+        data_report: The data after loading and tokenisation (None: the run recorded none).
     """
 
     name: str
     run_config: dict[str, Any]
     trainable_parameters: int
     metrics: FinalMetrics
+    data_report: DataReport | None = None
 
 
 def final_metrics(rows: list[dict[str, Any]]) -> FinalMetrics:
@@ -177,6 +181,32 @@ def _usage_lines(base: str, openelm: bool) -> list[str]:
     ]
 
 
+def _data_lines(report: DataReport | None) -> list[str]:
+    """The data section's counts after loading and tokenisation (none without a report)."""
+    if report is None:
+        return []
+    unit = "pairs" if report.kind == "preference" else "examples"
+    items = "packs" if report.packed else unit
+    skipped = f"{report.invalid} invalid" + (
+        f", {report.unusable_pairs} without a usable pair" if report.kind == "preference" else ""
+    )
+    dropped = f"{report.dropped_overlong} too long, {report.dropped_no_target} with no target token left" + (
+        f", {report.dropped_identical} identical pairs" if report.kind == "preference" else ""
+    )
+    counts = [
+        ("rows read", report.rows),
+        ("rows skipped", skipped),
+        (f"{unit} kept after tokenisation", f"{report.kept} of {report.examples}"),
+        (f"{unit} truncated to max length", report.truncated),
+        (f"{unit} dropped", dropped),
+        ("tokens", f"{report.tokens} ({report.target_tokens} trained targets)"),
+        ("longest before truncation", f"{report.longest} tokens"),
+        (f"training {items}", report.training_items),
+        (f"held-out {items}", report.held_out),
+    ]
+    return ["", "### After tokenisation", "", *bullet_lines(counts)]
+
+
 def render_adapter_card(facts: AdapterCardFacts) -> str:
     """README.md text for a trained adapter directory."""
     config = facts.run_config
@@ -205,6 +235,7 @@ def render_adapter_card(facts: AdapterCardFacts) -> str:
         *bullet_lines([(key, data.get(key)) for key in ("path", "format", "split", "subset", "template")]),
         *bullet_lines([("rows used (limit)", data.get("limit")), ("held out", data.get("validation_size") or None)]),
         f"- max length: {data.get('max_length')} tokens",
+        *_data_lines(facts.data_report),
         "",
         "## Use",
         "",
@@ -233,7 +264,7 @@ def write_adapter_card(adapter_dir: Path, run_dir: Path, model: nn.Module) -> Pa
 
     Args:
         adapter_dir: The directory the adapter was just saved in.
-        run_dir: The run directory (``config.yaml``, ``metrics.jsonl``).
+        run_dir: The run directory (``config.yaml``, ``metrics.jsonl``, ``data_report.json``).
         model: The trained model (its parameters with ``requires_grad`` are counted).
 
     Returns:
@@ -243,7 +274,9 @@ def write_adapter_card(adapter_dir: Path, run_dir: Path, model: nn.Module) -> Pa
     run_config = load_recipe_yaml(config_path) if config_path.is_file() else {}
     rows = read_metrics(metrics_path) if metrics_path.is_file() else []
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
-    facts = AdapterCardFacts(run_dir.resolve().name, run_config, trainable, final_metrics(rows))
+    facts = AdapterCardFacts(
+        run_dir.resolve().name, run_config, trainable, final_metrics(rows), read_data_report(run_dir)
+    )
     path = adapter_dir / CARD_FILE
     path.write_text(render_adapter_card(facts), encoding="utf-8")
     return path

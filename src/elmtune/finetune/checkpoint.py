@@ -2,7 +2,8 @@
 
 A checkpoint is a directory ``checkpoints/step-00000100/`` holding::
 
-    adapter/              the adapter in PEFT format (written by a caller-supplied function; resume reads it)
+    adapter/              the adapter in PEFT format and the run's tokenizer (written by a caller-supplied function;
+                          resume reads the adapter files only)
     optimizer.pt          optimizer state (tensors and numbers only; loaded with ``weights_only=True``)
     scheduler.json        LR scheduler state
     rng-rank{N}.pt        torch / CUDA RNG states of process N (tensors), loaded with ``weights_only=True``

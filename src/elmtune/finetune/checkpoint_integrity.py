@@ -4,7 +4,9 @@
 the checkpoint is renamed into place. :func:`checkpoint_problem` compares the files with it (a missing, truncated or
 garbled file is named) and then parses every file a resume reads, so checkpoints written before manifests existed
 are checked too. The adapter is read from ``adapter/`` (PEFT format); a ``trainable.safetensors`` that checkpoints of
-earlier versions also hold is covered by their manifest but not read.
+earlier versions also hold is covered by their manifest but not read. The tokenizer files saved beside the adapter
+(``adapter/tokenizer.json``, ``adapter/tokenizer_config.json``) are covered by the manifest like every other file, but
+are not required: a resume does not read them, and checkpoints of earlier versions have none.
 """
 
 from __future__ import annotations

@@ -23,7 +23,29 @@ from elmtune.adapters.config import AdapterConfig
 from elmtune.config_mapping import require, section_from_mapping, section_to_dict
 from elmtune.datasets.config import DataConfig
 from elmtune.errors import ConfigError
+from elmtune.finetune.trackers import TRACKER_PACKAGES
 from elmtune.recipe_yaml import read_config_file
+
+
+def _tracker_names(report_to: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``"tensorboard,wandb"`` or ``["tensorboard", "mlflow"]`` -> the tracker names, in order, each once.
+
+    Raises:
+        ConfigError: A name that is not a known tracker (``none`` alone means no tracker).
+    """
+    items = [report_to] if isinstance(report_to, str) else list(report_to)
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"train.report_to must be tracker names, got {report_to!r}", key="train.report_to")
+    names = [name.strip().lower() for item in items for name in item.split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [name for name in names if name not in TRACKER_PACKAGES]
+    if unknown:
+        raise ConfigError(
+            f"train.report_to {unknown[0]!r} is not a tracker; choose from {', '.join(TRACKER_PACKAGES)} (or none)",
+            key="train.report_to",
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,9 @@ class TrainConfig:
         seed: Seed of initialisation, data order and dropout.
         group_by_length: Batch examples of similar length together (less padding).
         log_every: Log metrics every N optimizer steps.
+        report_to: Experiment trackers that also receive the metrics and the configuration: ``tensorboard``,
+            ``wandb`` and/or ``mlflow`` (files under ``trackers/`` in the run directory; see
+            :mod:`elmtune.finetune.trackers`). A comma-separated string is accepted; empty or ``none``: no tracker.
         eval_every: Evaluate on the validation split every N steps (0: only at the end, if there is one).
         save_every: Write a checkpoint every N steps (0: only at the end).
         keep_last: Keep this many newest checkpoints.
@@ -92,6 +117,7 @@ class TrainConfig:
     seed: int = 0
     group_by_length: bool = True
     log_every: int = 1
+    report_to: tuple[str, ...] = ()
     eval_every: int = 0
     save_every: int = 0
     keep_last: int = 2
@@ -102,6 +128,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "report_to", _tracker_names(self.report_to))
         precisions = ("auto", "fp32", "bf16", "fp16")
         require(
             "train",

@@ -18,6 +18,7 @@ RUN_ENTRIES = frozenset(
     {
         "config.yaml",
         "metrics.jsonl",
+        "data_report.json",
         "checkpoints",
         "final",
         "loss_curve.png",
@@ -27,6 +28,7 @@ RUN_ENTRIES = frozenset(
         "report_rewards.png",
         "reference_logps.safetensors",
         "reference_logps.json",
+        "trackers",
         LOCK_FILE,
     }
 )

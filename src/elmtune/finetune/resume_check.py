@@ -30,6 +30,7 @@ MAY_CHANGE = frozenset(
         "train.device",
         "train.gradient_checkpointing",
         "train.skip_nonfinite",
+        "train.report_to",
     }
 )
 

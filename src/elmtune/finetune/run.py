@@ -4,10 +4,12 @@ Run directory::
 
     config.yaml          the full run config (what ``--config`` would need to reproduce the run)
     metrics.jsonl        one row per logged step: loss, lr, grad_norm, tokens/s, elapsed, peak memory
+    data_report.json     the data after loading and tokenisation: rows, examples kept/truncated/dropped, tokens
     checkpoints/         step-XXXXXXXX/ (adapter, optimizer, scheduler, RNG, data position, config)
-    final/               the trained adapter (PEFT format, with elmtune metadata)
+    final/               the trained adapter (PEFT format, with elmtune metadata), its model card and the tokenizer
     loss_curve.png       training and validation loss
     reference_logps.*    with precompute_reference: every training pair's reference log-probs and their cache key
+    trackers/            with report_to: TensorBoard events, wandb's local run, an MLflow file store
     .lock                locked while a run writes here; holds its pid
 
 Everything that can refuse a run (output directory, lock, resume settings, checkpoint integrity) is checked before
@@ -29,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from elmtune.errors import ElmtuneError
+from elmtune.finetune.adapter_tokenizer import with_tokenizer
 from elmtune.finetune.checkpoint import TrainerState, checkpoint_dirs, read_checkpoint_meta
 from elmtune.finetune.checkpoint_integrity import checkpoint_problem
 from elmtune.finetune.config import RunConfig
+from elmtune.finetune.data_report import write_data_report
 from elmtune.finetune.loop import TrainResult, last_losses, train
 from elmtune.finetune.output_dir import check_fresh_output_dir, clear_previous_run, create_run_dir
 from elmtune.finetune.policy import Policy, with_starting_adapter
@@ -39,6 +43,7 @@ from elmtune.finetune.resume_check import check_planned_steps, check_same_run, d
 from elmtune.finetune.run_lock import RunLock, lock_holder
 from elmtune.finetune.run_report import write_run_report
 from elmtune.finetune.session import planned_total_steps
+from elmtune.finetune.trackers import build_trackers, tracking
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -153,12 +158,15 @@ def _finished(run_dir: Path, state: TrainerState) -> TrainResult:
     )
 
 
-def _start_writing(run_dir: Path, config: RunConfig, *, overwrite: bool, checkpoints_seen: list[str] | None) -> RunLock:
+def _start_writing(
+    run_dir: Path, config: RunConfig, data: PreparedData, *, overwrite: bool, checkpoints_seen: list[str] | None
+) -> RunLock:
     """Lock the run directory, check again that nothing changed, and prepare it for writing (main process only).
 
     Args:
         run_dir: The run directory.
         config: The run configuration (written to ``config.yaml``).
+        data: The prepared data (its counts are written to ``data_report.json``).
         overwrite: Delete a previous run's files first (fresh runs).
         checkpoints_seen: For a resume, the checkpoint names found by the checks (None for a fresh run).
 
@@ -178,6 +186,7 @@ def _start_writing(run_dir: Path, config: RunConfig, *, overwrite: bool, checkpo
             raise ElmtuneError(f"--resume: {run_dir} changed while this run was starting; run the command again")
         lock.claim()
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_data_report(run_dir, data)
     except BaseException:
         lock.release()
         raise
@@ -243,6 +252,16 @@ def _reported(result: TrainResult, main: bool) -> TrainResult:
     return result
 
 
+def _accelerator(plan: PrecisionPlan, report_to: tuple[str, ...], run_dir: Path) -> Accelerator:
+    """The run's one ``Accelerator``: its device, mixed precision and ``report_to`` trackers (packages checked here)."""
+    from accelerate import Accelerator
+
+    trackers = build_trackers(report_to, run_dir)
+    return Accelerator(
+        cpu=plan.device.type == "cpu", mixed_precision=plan.accelerate_mixed_precision, log_with=trackers or None
+    )
+
+
 def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> TrainResult:
     """Load model and data, apply the adapter and train, as ``config`` says.
 
@@ -257,13 +276,12 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
 
     Returns:
         The :class:`TrainResult` (run directory, final adapter, last losses); ``already_finished`` when a resumed
-        run had nothing left to train (nothing was changed then).
+        run had nothing left to train (only its report was rendered again).
 
     Raises:
         ElmtuneError: Bad model/data/adapter settings, an unusable output directory, another run using it, or a
             resume that does not match the stored run.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from elmtune.adapters import save_adapter
@@ -277,7 +295,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
     run_dir = Path(cfg.output_dir)
     fresh = resume is None or resume is False
     plan = plan_precision(resolve_device(cfg.device), cfg.precision, cfg.base_dtype)
-    accelerator = Accelerator(cpu=plan.device.type == "cpu", mixed_precision=plan.accelerate_mixed_precision)
+    accelerator = _accelerator(plan, cfg.report_to, run_dir)
     main, world = accelerator.is_main_process, accelerator.num_processes
     if fresh and main:  # only the process that writes: the others would see its first files
         check_fresh_output_dir(run_dir, overwrite=overwrite)
@@ -298,29 +316,30 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
         total_steps = planned_total_steps(cfg, data.train_lengths, world)
         check_planned_steps(run_dir, stored, total_steps)
         if stored.step == total_steps and (run_dir / "final").is_dir():
-            return _finished(run_dir, stored)
+            return _reported(_finished(run_dir, stored), main)  # the report is rendered again
     set_seed(cfg.seed + accelerator.process_index)  # the run's one seeding (module docstring)
     policy = build_policy(config, plan.base_dtype, digest_base=cfg.precompute_reference)
     lock = None
     if main:
-        lock = _start_writing(run_dir, config, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
+        lock = _start_writing(run_dir, config, data, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
     try:
-        objective, notes, opening_rows = _run_objective(config, policy, data, plan, accelerator)
-        result = train(
-            policy.model,
-            objective,
-            data,
-            cfg,
-            run_dir=run_dir,
-            run_config=config.to_dict(),
-            accelerator=accelerator,
-            save_adapter=lambda m, d: save_adapter(m, d, base_name=config.model),
-            note="\n".join([plan.note, *notes]),
-            resume=checkpoint,
-            data_sha256=data_sha256,
-            opening_rows=opening_rows,
-        )
-        return _reported(result, main)
+        with tracking(accelerator, run_dir, config.to_dict()):  # report_to: started here, closed also on failure
+            objective, notes, opening_rows = _run_objective(config, policy, data, plan, accelerator)
+            result = train(
+                policy.model,
+                objective,
+                data,
+                cfg,
+                run_dir=run_dir,
+                run_config=config.to_dict(),
+                accelerator=accelerator,
+                save_adapter=with_tokenizer(lambda m, d: save_adapter(m, d, base_name=config.model), tokenizer),
+                note="\n".join([plan.note, *notes]),
+                resume=checkpoint,
+                data_sha256=data_sha256,
+                opening_rows=opening_rows,
+            )
+            return _reported(result, main)
     finally:
         if lock is not None:
             lock.release()

@@ -26,6 +26,7 @@ from elmtune.finetune.objectives import Objective
 from elmtune.finetune.run_log import MetricsWriter, ProgressReporter, progress_stats
 from elmtune.finetune.session import TrainingSession
 from elmtune.finetune.step import StepOutcome, to_device
+from elmtune.finetune.trackers import log_row
 from elmtune.models.finite import require_finite_parameters
 from elmtune.output_paths import StagedDirectory
 
@@ -138,10 +139,11 @@ class RunRecorder:
     _window_start: float = field(default_factory=time.perf_counter)
 
     def record(self, row: dict[str, Any], session: TrainingSession) -> None:
-        """Append ``row`` to the run's history (saved in checkpoints) and to ``metrics.jsonl``."""
+        """Append ``row`` to the run's history (saved in checkpoints) and ``metrics.jsonl``; send it to the trackers."""
         session.state.log_history.append(row)
         if self.writer:
             self.writer.write(row)
+        log_row(session.accelerator, row)
 
     def log(self, session: TrainingSession, outcome: StepOutcome) -> None:
         """Reduce the step's sums over processes and write its metrics row."""

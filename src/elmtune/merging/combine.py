@@ -39,10 +39,11 @@ from elmtune import __version__
 from elmtune.adapters.config import AdapterError
 from elmtune.adapters.io import PEFT_KEY_PREFIX
 from elmtune.merging.adapter import AdapterCheckpoint, AdapterTarget, parse_adapter, read_adapter
+from elmtune.merging.combine_report import COMBINE_REPORT_FILE, combine_record, write_combine_report
 
 METHODS: tuple[str, ...] = ("linear", "cat", "ties", "dare_linear", "dare_ties", "svd")
 FACTORWISE: tuple[str, ...] = ("linear", "ties", "dare_linear", "dare_ties")
-REPORT_FILE = "combine_report.json"
+REPORT_FILE = COMBINE_REPORT_FILE
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,10 @@ class CombineResult:
 def combine_adapters(
     adapter_dirs: Sequence[str | Path], out_dir: str | Path, options: CombineOptions, *, overwrite: bool = False
 ) -> CombineResult:
-    """Combine adapter directories into a new PEFT-format adapter directory (with ``combine_report.json``).
+    """Combine adapter directories into a new PEFT-format adapter directory, with its report.
+
+    The report: ``combine_report.json`` (inputs, weights, method, each module's rank and deviation; see
+    :mod:`elmtune.merging.combine_report`) rendered to ``report.md`` and a self-contained ``report.html``.
 
     The result loads with :func:`elmtune.adapters.load_adapter` or plain peft and merges with ``elmtune merge``. The
     output path is checked before any adapter is read; the directory is built as a hidden sibling and renamed into
@@ -348,21 +352,9 @@ def combine_adapters(
 
     paths = [Path(d).expanduser() for d in adapter_dirs]
     staged = StagedDirectory(out_dir, overwrite=overwrite)
-    combination = combine_checkpoints([read_adapter(p) for p in paths], options, names=[str(p) for p in paths])
-    deviations = list(combination.deviation.values())
-    report = {
-        "format": "elmtune-combine-report",
-        "version": 1,
-        "method": options.method,
-        "sources": [str(p) for p in paths],
-        "weights": list(options.weights or [1.0] * len(paths)),
-        "exact_weighted_sum": options.method == "cat",
-        "max_relative_deviation": max(deviations),
-        "mean_relative_deviation": sum(deviations) / len(deviations),
-        "modules": {
-            m: {"rank": combination.ranks[m], "relative_deviation": combination.deviation[m]} for m in combination.ranks
-        },
-    }
+    checkpoints = [read_adapter(p) for p in paths]
+    combination = combine_checkpoints(checkpoints, options, names=[str(p) for p in paths])
+    report = combine_record(options, [str(p) for p in paths], checkpoints, combination)
     with staged as tmp:
         ckpt = combination.checkpoint
         save_file(dict(ckpt.tensors), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -370,6 +362,7 @@ def combine_adapters(
         if ckpt.metadata is not None:
             (tmp / METADATA_FILE).write_text(json.dumps(ckpt.metadata, indent=2) + "\n")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_combine_report(tmp)
         path = staged.commit()
     return CombineResult(path=path, report=report)
 

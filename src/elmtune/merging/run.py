@@ -209,14 +209,14 @@ def _plan(base: str, adapter_dir: Path, out_dir: Path, options: MergeOptions) ->
 
 def _write_checkpoint(plan: _MergePlan, tmp: Path) -> list[str]:
     """Write the merged tensors, config and tokenizer into ``tmp``; return the files written."""
-    from rich.progress import track
+    from elmtune.progress import Progress
 
     writer = ShardedSafetensorsWriter(tmp, plan.specs, int(plan.options.max_shard_size))
     try:
         tensors = merged_tensors(plan.source, plan.adapter, plan.specs)
-        quiet = not plan.options.progress
-        for key, tensor in track(tensors, total=len(plan.specs), description="merge", disable=quiet):
-            writer.write(key, tensor)
+        with Progress(len(plan.specs), "merge", "tensors", enabled=plan.options.progress) as progress:
+            for key, tensor in progress.track(tensors):
+                writer.write(key, tensor)
     finally:
         writer.close()
     files = writer.finish()

@@ -138,7 +138,7 @@ def export_gguf(
             (``.NAME.partial-XXXX``) and renamed into place only when complete, so a failure leaves it as it was.
         outtype: Storage of the weight matrices: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
         name: ``general.name``; default: derived from the directory as llama.cpp's converter does.
-        progress: Show a progress bar.
+        progress: Report progress on stderr (see :mod:`elmtune.progress`).
         overwrite: Replace an existing non-empty ``out_path`` (the library's default, like ``open(path, "w")``);
             ``elmtune export`` passes False unless ``--overwrite`` is given.
 
@@ -150,9 +150,8 @@ def export_gguf(
         OutputPathError: ``out_path`` is a directory, exists without ``overwrite``, or its directory is not writable.
         OutputWriteError: The disk filled up while writing; nothing was left behind.
     """
-    from rich.progress import track
-
     from elmtune.models.checkpoint_files import open_safetensors
+    from elmtune.progress import Progress
 
     start = time.perf_counter()
     model_dir = Path(model_dir).expanduser()
@@ -185,12 +184,13 @@ def export_gguf(
             writer.write_header_to_file(path=partial)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for plan in track(plans, description=f"GGUF {outtype}", disable=not progress):
-                # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up in memory.
-                with open_safetensors(source.file(plan.source)) as handle:
-                    data = _encode(handle, plan)
-                writer.write_tensor_data(data)
-                del data
+            with Progress(len(plans), f"export GGUF {outtype}", "tensors", enabled=progress) as tensors_done:
+                for plan in tensors_done.track(plans):
+                    # One tensor at a time; the file is mapped only while reading it, so its pages do not pile up.
+                    with open_safetensors(source.file(plan.source)) as handle:
+                        data = _encode(handle, plan)
+                    writer.write_tensor_data(data)
+                    del data
         finally:
             writer.close()
         out_path = staged.commit()

@@ -1,0 +1,64 @@
+"""Apple's hub modeling code for OpenELM, loaded from a local directory with importlib (never from the network).
+
+``--apple-code DIR`` points at the ``configuration_openelm.py`` and ``modeling_openelm.py`` that a hub download of
+``apple/OpenELM-*`` contains. The two files are imported as a package of their own (the modeling file imports the
+configuration relatively; an absolute import of ``configuration_openelm`` finds the same module). Nothing in them
+is downloaded or executed through ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "apple_openelm_code"
+FILES = ("configuration_openelm.py", "modeling_openelm.py")
+
+
+def missing_files(directory: str | Path) -> list[str]:
+    """The files of Apple's code that ``directory`` lacks."""
+    return [name for name in FILES if not (Path(directory) / name).is_file()]
+
+
+def _import(directory: Path, name: str) -> Any:
+    qualified = f"{PACKAGE}.{name}"
+    spec = importlib.util.spec_from_file_location(qualified, directory / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_apple_classes(directory: str | Path) -> tuple[type, type]:
+    """(Apple's ``OpenELMConfig``, Apple's ``OpenELMForCausalLM``) imported from ``directory``."""
+    directory = Path(directory).resolve()
+    if PACKAGE not in sys.modules:
+        package_spec = importlib.util.spec_from_loader(PACKAGE, loader=None, is_package=True)
+        package = importlib.util.module_from_spec(package_spec)
+        package.__path__ = [str(directory)]
+        sys.modules[PACKAGE] = package
+    configuration = _import(directory, "configuration_openelm")
+    sys.modules.setdefault("configuration_openelm", configuration)  # copies that import it without the dot
+    modeling = _import(directory, "modeling_openelm")
+    return configuration.OpenELMConfig, modeling.OpenELMForCausalLM
+
+
+def apple_model(directory: str | Path, preset: str, weights_from: Any = None) -> Any:
+    """Apple's model of a preset's shape in fp32; with ``weights_from`` (elmtune's model) it gets the same weights.
+
+    The two implementations name their parameters alike, so elmtune's state dict loads into Apple's model; the
+    names that do not match are reported in the error.
+    """
+    from elmtune.models.presets import PRESETS
+
+    config_class, model_class = load_apple_classes(directory)
+    config = config_class(**PRESETS[preset])
+    model = model_class(config).float()
+    if weights_from is not None:
+        missing, unexpected = model.load_state_dict(weights_from.state_dict(), strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise RuntimeError(f"Apple's model and elmtune's differ in weights: {missing[:5]} {unexpected[:5]}")
+    return model

@@ -1,0 +1,173 @@
+"""``benchmarks/run.py``: each side in its own process; rows printed, stored and rendered as the README table."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from suite.harness import Group, Pick, Row, Side, Target, row_result, run_group  # noqa: E402
+from suite.report import END, START, update_readme  # noqa: E402
+from suite.settings import Settings  # noqa: E402
+from suite.shapes import base_matmul_weights, llama_shape, preset_geometry, training_flops_per_token  # noqa: E402
+
+
+def _rounds(values: dict[str, list[float]]) -> list[dict[str, dict]]:
+    count = len(next(iter(values.values())))
+    return [{side: {"metrics": {"x": v[i], "n": 10.0}, "info": {}} for side, v in values.items()} for i in range(count)]
+
+
+def test_a_row_reports_best_and_median_of_each_side_and_the_ratio_of_the_bests():
+    rounds = _rounds({"fast": [2.0, 1.0, 4.0], "slow": [3.0, 5.0, 4.0]})
+    lower = row_result(
+        Row("t", "time", Pick("fast", "x"), Pick("slow", "x"), "s", False, Target("<=", 0.5)), rounds, {}
+    )
+    assert lower["a"]["best"] == 1.0 and lower["a"]["median"] == 2.0 and lower["b"]["best"] == 3.0
+    assert lower["ratio"] == pytest.approx(1 / 3) and lower["target_met"] is True
+    higher = row_result(
+        Row("s", "speed", Pick("fast", "x"), Pick("slow", "x"), "t/s", True, Target(">=", 1.0)), rounds, {}
+    )
+    assert higher["a"]["best"] == 4.0 and higher["b"]["best"] == 5.0 and higher["ratio"] == pytest.approx(0.8)
+    assert higher["target_met"] is False
+
+
+def _side(name: str, seconds: str, trail: Path) -> Side:
+    """A side whose process appends its name and pid to ``trail`` and reports ``seconds`` (a value per call)."""
+    code = (
+        "import json, os, sys; trail = open(sys.argv[1], 'a'); trail.write(f'{sys.argv[2]} {os.getpid()}\\n'); "
+        "trail.close(); n = sum(1 for _ in open(sys.argv[1])); "
+        "print(json.dumps({'metrics': {'s': float(sys.argv[3].split(',')[(n - 1) // 2])}}))"
+    )
+    return Side(name, command=(sys.executable, "-c", code, str(trail), name, seconds))
+
+
+def test_sides_run_interleaved_each_in_a_fresh_process(tmp_path):
+    trail = tmp_path / "trail.txt"
+    row = Row("r", "time", Pick("a", "s"), Pick("b", "s"), "s", False, Target("<=", 1.0))
+    group = Group("g", [_side("a", "3,2", trail), _side("b", "4,8", trail)], [row])
+    (result,) = run_group(group, Settings(), rounds=2, log=lambda _: None)
+    runs = [line.split() for line in trail.read_text().splitlines()]
+    assert [name for name, _ in runs] == ["a", "b", "a", "b"] and len({pid for _, pid in runs}) == 4
+    assert result["a"]["values"] == [3.0, 2.0] and result["b"]["values"] == [4.0, 8.0]
+    assert result["ratio"] == pytest.approx(2.0 / 4.0) and result["a"]["median"] == 2.5 and result["target_met"]
+
+
+def test_picks_subtract_divide_and_take_constants_per_round():
+    rounds = _rounds({"a": [30.0, 50.0], "floor": [10.0, 20.0]})
+    assert Pick("a", "x", minus=("floor", "x")).values(rounds, {}) == [20.0, 30.0]
+    assert Pick("a", "x", per="n").values(rounds, {}) == [3.0, 5.0]
+    assert Pick(constant="size").values(rounds, {"size": 7}) == [7.0, 7.0]
+
+
+def test_the_llama_peer_has_the_270m_mean_shape_and_its_matmul_weights_are_within_2_percent():
+    shape = llama_shape("270M")
+    assert (shape.hidden_size, shape.num_hidden_layers, shape.head_dim) == (1280, 16, 64)
+    assert (shape.num_attention_heads, shape.num_key_value_heads, shape.intermediate_size) == (16, 4, 2912)
+    d, hd, layers = 1280, 64, 16
+    llama = layers * (d * 16 * hd + 2 * d * 4 * hd + 16 * hd * d + 3 * d * 2912) + 32000 * d
+    # OpenELM 270M (Apple's config.json): query heads 12 (x5), 16 (x7), 20 (x4), a quarter as many key-value heads
+    q = [12] * 5 + [16] * 7 + [20] * 4
+    ffn = [768, 1024, 1280, 1536, 1792, 2048, 2560, 2816, 3072, 3328, 3584, 3840, 4352, 4608, 4864, 5120]
+    openelm = sum(d * (h + 2 * h // 4) * hd + h * hd * d + 3 * d * f for h, f in zip(q, ffn, strict=True)) + 32000 * d
+    assert base_matmul_weights(preset_geometry("270M")) == openelm
+    assert abs(llama / openelm - 1) < 0.02
+
+
+def test_flops_per_token_follow_the_documented_formula_for_the_tiny_model(tiny_model):
+    layers = tiny_model.transformer.layers
+    base = sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    base += tiny_model.transformer.token_embeddings.weight.numel()  # the tied head's vocabulary projection
+    attention = sum(layer.attn.num_q_heads * layer.attn.head_dim for layer in layers)
+    expected = 4 * base + 6 * 1000 + 12 * 64 * attention
+    assert training_flops_per_token(preset_geometry("tiny"), 64, 1000) == expected
+
+
+def test_the_readme_section_between_the_markers_is_replaced_and_the_rest_kept(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    row = {"row": "r1", "what": "w", "skipped": "skipped: --apple-code not given", "target": ">= 2x"}
+    update_readme(readme, {"r1": row}, "python benchmarks/run.py x")
+    text = readme.read_text()
+    assert text.startswith("intro\n" + START) and text.endswith(END + "\noutro\n") and "old table" not in text
+    assert "| r1 | w |" in text and "not measured yet" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="benchmark-table:start"):
+        update_readme(readme, {}, "x")
+
+
+def test_usage_mistakes_are_one_line_naming_the_option(tmp_path, capsys):
+    from run import parse_args
+
+    for argv, expected in (
+        (["--all", "--apple-code", str(tmp_path)], "--apple-code"),
+        (["no-such-group"], "unknown group 'no-such-group'"),
+        ([], "give --all"),
+        (["--all", "--rounds", "0"], "--rounds"),
+        (["dpo", "--preset", "7B"], "--preset '7B'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and expected in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.slow
+def test_quick_generate_rows_run_each_side_in_its_own_process_and_land_in_results_and_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(BENCHMARKS / "README.md", readme)
+    before = readme.read_text()
+    results = tmp_path / "results"
+    argv = ["generate", "--quick", "--rounds", "1", "--results-dir", str(results), "--update-readme"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run.py"), *argv, "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["row"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    assert set(rows) == {
+        "generate-b1-vs-llama",
+        "generate-b1-vs-apple",
+        "generate-batched-vs-llama",
+        "generate-batched-vs-apple",
+    }
+    for name in ("generate-b1-vs-llama", "generate-batched-vs-llama"):
+        row = rows[name]
+        a, b = row["a"]["values"], row["b"]["values"]
+        assert len(a) == len(b) == 1 and min(a + b) > 0
+        assert row["a"]["best"] == max(a) and row["b"]["best"] == max(b)
+        assert row["ratio"] == pytest.approx(max(a) / max(b))
+        assert row["machine"]["versions"]["torch"] and "cpu_flags" in row["machine"]
+    assert rows["generate-b1-vs-apple"]["skipped"] == "skipped: --apple-code not given"
+    done = [line.split(", ")[1] for line in proc.stderr.splitlines() if line.startswith("generate: round")]
+    assert done == ["generate-elmtune done", "generate-llama done"]
+    (stored,) = results.glob("*.jsonl")
+    assert [json.loads(line) for line in stored.read_text().splitlines()] == list(rows.values())
+    text = readme.read_text()
+    head, tail = before.split(START)[0], before.split(END)[1]
+    assert text.startswith(head) and text.endswith(tail)
+    ratio = rows["generate-b1-vs-llama"]["ratio"]
+    assert "| generate-b1-vs-llama |" in text and f"{ratio:.3f}x" in text
+
+
+def test_apple_code_loads_from_a_directory_as_a_package_of_its_own(tmp_path):
+    from suite.apple_code import load_apple_classes, missing_files
+
+    assert missing_files(tmp_path) == ["configuration_openelm.py", "modeling_openelm.py"]
+    (tmp_path / "configuration_openelm.py").write_text("class OpenELMConfig:\n    marker = 'config'\n")
+    (tmp_path / "modeling_openelm.py").write_text(
+        "from .configuration_openelm import OpenELMConfig\n\n\nclass OpenELMForCausalLM:\n"
+        "    config_class = OpenELMConfig\n"
+    )
+    config_class, model_class = load_apple_classes(tmp_path)
+    assert (
+        missing_files(tmp_path) == [] and config_class.marker == "config" and model_class.config_class is config_class
+    )
