@@ -39,3 +39,17 @@ def test_lazy_package_exports_still_resolve():
     from elmtune.datasets.config import DataConfig as Defined
 
     assert DataConfig is Defined
+
+
+def test_planning_a_build_loads_no_torch(tmp_path):
+    """A dry run fingerprints every stage (data digests included) without torch, so a rebuilt-nothing run is quick."""
+    code = (
+        "import sys\n"
+        "from elmtune.build.recipe import load_build_recipe\n"
+        "from elmtune.build.run import run_build\n"
+        f"run_build(load_build_recipe('build-assistant-tiny'), {str(tmp_path / 'b')!r}, dry_run=True, say=print)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
+    assert out.count(": run (") == 6  # the plan really covered every stage

@@ -21,4 +21,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["sha256_file", "update_with_file"]
+def data_fingerprint(path: str) -> str | None:
+    """sha256 of a local data file (or of every file of a data directory, with their relative paths).
+
+    Returns:
+        The hex digest, or None when ``path`` is not local (a hub dataset id).
+    """
+    source = Path(path)
+    if source.is_file():
+        files = [(source.name, source)]
+    elif source.is_dir():
+        files = [(p.relative_to(source).as_posix(), p) for p in sorted(source.rglob("*")) if p.is_file()]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for name, file in files:
+        if source.is_dir():  # a renamed or moved file changes the fingerprint of a directory
+            digest.update(name.encode() + b"\0")
+        update_with_file(digest, file)
+    return digest.hexdigest()
+
+
+__all__ = ["data_fingerprint", "sha256_file", "update_with_file"]

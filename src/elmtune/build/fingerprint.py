@@ -16,6 +16,7 @@ from typing import Any
 
 from elmtune.build.recipe import Stage
 from elmtune.build.references import referenced_stage
+from elmtune.file_digest import data_fingerprint
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -50,8 +51,6 @@ def output_complete(stage: Stage, output: Path) -> bool:
 
 def content_digest(path: str | Path) -> str | None:
     """SHA-256 of a local file, or of every file of a directory with its relative path; None when not local."""
-    from elmtune.finetune.resume_check import data_fingerprint
-
     return data_fingerprint(str(path))
 
 

@@ -9,13 +9,11 @@ with other settings is refused with one line naming each difference, before anyt
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from elmtune.errors import ElmtuneError
-from elmtune.file_digest import update_with_file
 from elmtune.finetune.checkpoint import TrainerState
 
 MAY_CHANGE = frozenset(
@@ -52,27 +50,6 @@ def _same_path(stored: Any, given: Any) -> bool:
     if not isinstance(stored, str) or not isinstance(given, str):
         return False
     return Path(stored).exists() and Path(given).exists() and Path(stored).resolve() == Path(given).resolve()
-
-
-def data_fingerprint(path: str) -> str | None:
-    """sha256 of a local data file (or of every file of a data directory, with their relative paths).
-
-    Returns:
-        The hex digest, or None when ``path`` is not local (a hub dataset id).
-    """
-    source = Path(path)
-    if source.is_file():
-        files = [(source.name, source)]
-    elif source.is_dir():
-        files = [(p.relative_to(source).as_posix(), p) for p in sorted(source.rglob("*")) if p.is_file()]
-    else:
-        return None
-    digest = hashlib.sha256()
-    for name, file in files:
-        if source.is_dir():  # a renamed or moved file changes the fingerprint of a directory
-            digest.update(name.encode() + b"\0")
-        update_with_file(digest, file)
-    return digest.hexdigest()
 
 
 def differing_settings(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from elmtune.errors import ElmtuneError
+from elmtune.file_digest import data_fingerprint
 from elmtune.finetune.adapter_tokenizer import with_tokenizer
 from elmtune.finetune.checkpoint import TrainerState, checkpoint_dirs, read_checkpoint_meta
 from elmtune.finetune.checkpoint_integrity import checkpoint_problem
@@ -39,7 +40,7 @@ from elmtune.finetune.data_report import write_data_report
 from elmtune.finetune.loop import TrainResult, last_losses, train
 from elmtune.finetune.output_dir import check_fresh_output_dir, clear_previous_run, create_run_dir
 from elmtune.finetune.policy import Policy, with_starting_adapter
-from elmtune.finetune.resume_check import check_planned_steps, check_same_run, data_fingerprint, differing_settings
+from elmtune.finetune.resume_check import check_planned_steps, check_same_run, differing_settings
 from elmtune.finetune.run_lock import RunLock, lock_holder
 from elmtune.finetune.run_report import write_run_report
 from elmtune.finetune.session import planned_total_steps
