@@ -97,12 +97,29 @@ def resolve_shipped_paths(value: Any, *, where: str) -> Any:
     return value
 
 
+def portable_paths(value: Any) -> Any:
+    """``value`` with every string naming a file inside the installed package written back as ``elmtune:PATH``.
+
+    The inverse of :func:`resolve_shipped_paths` for what a build records: the same recipe gives the same values in
+    every installation (another virtual environment, another checkout).
+    """
+    if isinstance(value, str):
+        prefix = f"{PACKAGE_DIR}/"
+        return SHIPPED_PREFIX + value[len(prefix) :] if value.startswith(prefix) else value
+    if isinstance(value, Mapping):
+        return {portable_paths(key): portable_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(item) for item in value]
+    return value
+
+
 __all__ = [
     "RECIPES_DIR",
     "SAMPLES_DIR",
     "SHIPPED_PREFIX",
     "ShippedRecipe",
     "locate_config",
+    "portable_paths",
     "resolve_shipped_paths",
     "shipped_path",
     "shipped_recipe",

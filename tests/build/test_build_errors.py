@@ -1,6 +1,7 @@
 """A bad build recipe is one line naming the stage and the key, exit code 2, before anything is written."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,29 @@ def test_trackers_are_not_part_of_a_training_stage_fingerprint():
     assert covered_values(sft_stage({"lr": 0.1, "report_to": ["tensorboard"]}), "tiny", {}) == plain
     assert covered_values(sft_stage({"lr": 0.2}), "tiny", {})["settings"] != plain["settings"]
     assert "report_to" not in plain["settings"]["train"] and plain["settings"]["train"]["lr"] == 0.1
+
+
+def test_a_fingerprint_names_shipped_samples_the_same_in_every_installation(tmp_path, monkeypatch):
+    import shutil
+
+    import elmtune.shipped_files as shipped
+    from elmtune.build.fingerprint import covered_values, fingerprint_of
+    from elmtune.build.recipe import load_build_recipe
+
+    def fingerprints():
+        recipe = load_build_recipe("build-assistant-tiny")
+        return [fingerprint_of(covered_values(stage, recipe.model, {})) for stage in recipe.stages]
+
+    here = fingerprints()
+    recipe = load_build_recipe("build-assistant-tiny")
+    text = json.dumps([covered_values(stage, recipe.model, {}) for stage in recipe.stages])
+    assert str(shipped.PACKAGE_DIR) not in text and "elmtune:samples/" in text
+    # another installation: the same package files at another path
+    other = tmp_path / "site-packages" / "elmtune"
+    shutil.copytree(shipped.SAMPLES_DIR, other / "samples")
+    shutil.copytree(shipped.RECIPES_DIR, other / "recipes")
+    monkeypatch.setattr(shipped, "PACKAGE_DIR", other)
+    monkeypatch.setattr(shipped, "SAMPLES_DIR", other / "samples")
+    monkeypatch.setattr(shipped, "RECIPES_DIR", other / "recipes")
+    assert str(other) in json.dumps(load_build_recipe("build-assistant-tiny").stages[0].settings_dict(), default=str)
+    assert fingerprints() == here

@@ -98,7 +98,7 @@ def test_build_report_lists_stages_and_samples(build_dir):
     assert ("sft", "01-sft/report.html") in {(s[0], s[5]) for s in stages}
     for line in (build_dir / "06-samples" / "replies.jsonl").read_text().splitlines():
         row = json.loads(line)
-        assert f"| {row['prompt']} | {row['reply']} |" in text
+        assert text.count(f"| samples | {row['prompt']} | {row['reply']} |") == 1  # once, in the summary
 
 
 def test_report_command_recreates_a_deleted_report(elmtune, build_dir):

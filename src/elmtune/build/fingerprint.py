@@ -2,7 +2,8 @@
 
 A stage's fingerprint is the SHA-256 of: its kind and settings (the config dataclass, defaults included), its inputs as
 written in the recipe, the recipe's base model id, the content digests of the upstream outputs it uses (``@NAME``)
-and of its local data files and adapter directories. The same fingerprint and a complete output whose digest is the
+and of its local data files and adapter directories. Files shipped with elmtune are named ``elmtune:PATH``, not by
+where the package is installed. The same fingerprint and a complete output whose digest is the
 recorded one let a build skip the stage.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from elmtune.build.recipe import Stage
 from elmtune.build.references import referenced_stage
 from elmtune.file_digest import data_fingerprint
+from elmtune.shipped_files import portable_paths
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -84,7 +86,7 @@ def covered_values(stage: Stage, base_model: str, upstream: Mapping[str, str | N
         base_model: The recipe's base model id.
         upstream: Input key -> the content digest of the referenced stage's output.
     """
-    return {
+    covered = {
         "kind": stage.kind,
         "base_model": base_model,
         "inputs": stage.inputs(),
@@ -92,6 +94,7 @@ def covered_values(stage: Stage, base_model: str, upstream: Mapping[str, str | N
         "upstream": dict(upstream),
         "data": {path: content_digest(path) for path in _local_data(stage)},
     }
+    return portable_paths(covered)  # shipped samples by name: the same in every installation
 
 
 def fingerprint_of(covered: Mapping[str, Any]) -> str:

@@ -2,12 +2,11 @@
 
 Rendered from ``build.json`` and the stages' outputs, so it can be rendered again (``elmtune report BUILD_DIR``): the
 summary (base vs tuned with its chart, training ends, merge checks, sample replies, outputs), then per stage its
-status, time and own report, the evaluation tables and charts, and the sample generations.
+status, time and own report, and the evaluation tables and charts.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 
 from elmtune.build.record import BUILD_FILE, BuildRecord, StageRecord
@@ -47,18 +46,6 @@ def _evaluations(build_dir: Path, record: BuildRecord) -> list[Block]:
     return blocks or [Paragraph("The build has no evaluation stage.")]
 
 
-def _samples(build_dir: Path, record: BuildRecord) -> list[Block]:
-    blocks: list[Block] = []
-    for entry in record.stages.values():
-        replies = build_dir / entry.output
-        if entry.kind != "generate" or not replies.is_file():
-            continue
-        rows = [json.loads(line) for line in replies.read_text(encoding="utf-8").splitlines() if line.strip()]
-        table = tuple((str(row.get("prompt", "")), str(row.get("reply", ""))) for row in rows)
-        blocks += [Heading(f"Samples: {entry.name}", 3), Table(("prompt", "reply"), table)]
-    return blocks or [Paragraph("The build has no generate stage.")]
-
-
 def build_build_report(build_dir: Path) -> Report:
     """The report of the build in ``build_dir``."""
     build_dir = Path(build_dir)
@@ -74,8 +61,6 @@ def build_build_report(build_dir: Path) -> Report:
         _stages_table(build_dir, record),
         Heading("Evaluation"),
         *_evaluations(build_dir, record),
-        Heading("Sample generations"),
-        *_samples(build_dir, record),
     ]
     return Report(f"Build {build_dir.resolve().name}", tuple(blocks))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from elmtune.build.record import BuildRecord, StageRecord
+from elmtune.evaluation.run_report import metric_values
 
 TRAINING_METRICS = ("loss", "rewards/accuracies", "rewards/margins")
 """The last values of these training metrics are summarised (the DPO ones only where the run logged them)."""
@@ -105,10 +106,6 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _values(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float | None]:
-    return {(row["task"], row["metric"]): row["value"] for row in rows}
-
-
 def _changes(
     tuned: dict[tuple[str, str], float | None], base: dict[tuple[str, str], float | None], names: tuple[str | None, str]
 ) -> list[ScoreChange]:
@@ -131,9 +128,9 @@ def _scores(build_dir: Path, stages: list[StageRecord]) -> list[ScoreChange]:
             continue
         model, settings = payload.get("model", {}), payload.get("settings", {})
         what = (model.get("name"), *(str(settings.get(key)) for key in ("protocol", "data", "tasks", "limit")))
-        tuned = _values(payload["results"])
+        tuned = metric_values(payload["results"])
         if payload.get("baseline"):  # the evaluation compared the tuned model with its base itself (preference pairs)
-            changes += _changes(tuned, _values(payload["baseline"]["results"]), (entry.name, entry.name))
+            changes += _changes(tuned, metric_values(payload["baseline"]["results"]), (entry.name, entry.name))
         elif model.get("adapter"):
             match = next((base for base in reversed(bases) if base[1] == what), None)
             changes += _changes(tuned, match[2] if match else {}, (match[0] if match else None, entry.name))

@@ -84,8 +84,8 @@ def summary_blocks(summary: BuildSummary, *, chart_dir: Path | None = None, full
     if summary.merges:
         blocks += [Heading("Merge check", 3), _merges(summary)]
     if summary.samples:
-        rows = tuple((sample.prompt, sample.reply) for sample in summary.samples)
-        blocks += [Heading("Sample replies", 3), Table(("prompt", "reply"), rows)]
+        rows = tuple((sample.stage, sample.prompt, sample.reply) for sample in summary.samples)
+        blocks += [Heading("Sample replies", 3), Table(("stage", "prompt", "reply"), rows)]
     root = summary.build_dir if full_paths else Path()
     where = tuple((name, str(root / output), status) for name, output, status in summary.outputs)
     blocks += [Heading("Outputs", 3), Table(("stage", "output", "status"), where)]

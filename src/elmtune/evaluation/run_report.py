@@ -22,7 +22,8 @@ def is_results_dir(directory: Path) -> bool:
     return (directory / RESULTS_FILE).is_file()
 
 
-def _values(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float | None]:
+def metric_values(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float | None]:
+    """``(task, metric) -> value`` of the ``results`` rows of a ``results.json``."""
     return {(row["task"], row["metric"]): row["value"] for row in rows}
 
 
@@ -62,8 +63,8 @@ def _charts(directory: Path, tuned: dict[tuple[str, str], Any], base: dict[tuple
 
 def _read(directory: Path) -> tuple[dict[str, Any], dict[tuple[str, str], Any], dict[tuple[str, str], Any] | None]:
     payload = json.loads((directory / RESULTS_FILE).read_text(encoding="utf-8"))
-    base = _values(payload["baseline"]["results"]) if payload.get("baseline") else None
-    return payload, _values(payload["results"]), base
+    base = metric_values(payload["baseline"]["results"]) if payload.get("baseline") else None
+    return payload, metric_values(payload["results"]), base
 
 
 def results_table(directory: Path) -> Table:
@@ -101,4 +102,4 @@ def write_eval_report(directory: Path) -> Path:
     return write_report(build_eval_report(directory), Path(directory))
 
 
-__all__ = ["build_eval_report", "is_results_dir", "results_table", "write_eval_report"]
+__all__ = ["build_eval_report", "is_results_dir", "metric_values", "results_table", "write_eval_report"]

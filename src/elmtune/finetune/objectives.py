@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmtune.finetune.reference import ReferenceLogps, reference_mode
-
-IGNORE_INDEX = -100
+from elmtune.finetune.target_logits import IGNORE_INDEX, target_logits
 
 
 @dataclass
@@ -75,9 +74,8 @@ class SFTObjective:
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         """Summed cross-entropy over target tokens (plus the z-loss); metric ``ce`` (and ``z_loss``)."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
-        logits = model(**inputs, use_cache=False).logits  # (B, L, V)
-        logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
-        targets = batch["labels"][:, 1:]
+        logits, targets = target_logits(model, inputs, batch["labels"])  # (B, K, V), (B, K)
+        logits = logits.float()
         ce = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -104,11 +102,26 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     Returns:
         ``(logps, counts)``, each (N,).
     """
-    targets = labels[:, 1:]  # (N, L-1)
-    mask = targets != IGNORE_INDEX
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, L-1, V)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, L-1)
-    return (picked * mask).sum(-1), mask.sum(-1)
+    return target_logps(logits[:, :-1], labels[:, 1:])
+
+
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of each row's targets, from logits already aligned with them.
+
+    Args:
+        logits: (N, K, V) logits; position k predicts ``targets[:, k]``.
+        targets: (N, K) token ids, -100 where a position is not a target.
+
+    Returns:
+        ``(logps, counts)``, each (N,).
+    """
+    mask = targets != IGNORE_INDEX  # (N, K)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (N, K, V)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, K)
+    # Summed in fp64 (MPS has none: fp32 there), so a row's sum does not depend on how many positions the batch
+    # kept (the reduction order of an fp32 sum does): precomputed and on-the-fly reference log-probs agree.
+    wide = torch.float32 if picked.device.type == "mps" else torch.float64
+    return (picked.to(wide) * mask).sum(-1).float(), mask.sum(-1)
 
 
 def check_label_smoothing(loss_type: str, label_smoothing: float) -> None:
@@ -227,7 +240,8 @@ class PreferenceObjective:
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
         labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
-        logps, counts = sequence_logps(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, labels)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        logps, counts = target_logps(*target_logits(model, inputs, labels))
         if self.precomputed is not None and batch.get("item_index") is not None:
             ref_logps = self.precomputed.lookup(batch["item_index"])  # (2B,)
         else:
@@ -245,8 +259,8 @@ class PreferenceObjective:
     ) -> torch.Tensor:
         """(2B,) summed reference log-probabilities of the (2B, L) sequences ``ids`` (see :func:`reference_mode`)."""
         with reference_mode(model, self.reference_adapter) as reference:
-            logits = reference(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (2B, L, V)
-            return sequence_logps(logits, labels)[0]
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            return target_logps(*target_logits(reference, inputs, labels))[0]  # (2B,)
 
     def _metric_sums(self, logps: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """TRL's DPO metrics as sums over the pairs, from (2B,) policy log-probs and log-ratios (chosen first)."""
