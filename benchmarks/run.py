@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --all                     # every row, 270M shape, fp32, batch 4 x 256, r 32
     python benchmarks/run.py train-step eval           # some groups
+    python benchmarks/run.py real-data --examples 64   # Apple's commonsense recipe on 64 real examples
     python benchmarks/run.py --all --quick             # tiny preset, small shapes: a smoke test in about a minute
     python benchmarks/run.py --all --apple-code DIR    # also Apple's hub modeling code (configuration_openelm.py
                                                        # and modeling_openelm.py from a hub download)
@@ -28,6 +29,7 @@ from suite.apple_code import missing_files  # noqa: E402
 from suite.groups import all_groups, defined_rows  # noqa: E402
 from suite.harness import SideFailed, run_group  # noqa: E402
 from suite.machine import machine_info  # noqa: E402
+from suite.real_data import DATA, DATA_ROWS  # noqa: E402
 from suite.report import append_results, latest_rows, update_readme  # noqa: E402
 from suite.settings import BENCHMARKS, Settings  # noqa: E402
 
@@ -44,6 +46,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default 3; 1 with --quick)")
     parser.add_argument("--steps", type=int, help="timed steps per side process (default 2; 1 with --quick)")
     parser.add_argument("--preset", help="OpenELM preset (random weights); default 270M, tiny with --quick")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        help=f"real-data, scale: rows to train on (default 2000; 8 with --quick; at most {DATA_ROWS})",
+    )
     parser.add_argument("--threads", type=int, help="torch threads in every side (default: torch's; 1 with --quick)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="time steps by wall or CPU time")
     parser.add_argument("--apple-code", type=Path, help="directory with Apple's configuration/modeling_openelm.py")
@@ -63,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--apple-code {args.apple_code} lacks {', '.join(missing_files(args.apple_code))}")
     if not args.readme.is_file() and args.update_readme:
         parser.error(f"--readme {args.readme} does not exist")
+    if args.examples is not None and not 1 <= args.examples <= DATA_ROWS:
+        parser.error(f"--examples must be between 1 and {DATA_ROWS} (the rows of {DATA.name})")
     for option, value in (("--rounds", args.rounds), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{option} must be at least 1")
@@ -83,6 +92,8 @@ def settings_from(args: argparse.Namespace, workdir: Path) -> Settings:
         changes["preset"] = args.preset
     if args.steps:
         changes["steps"] = args.steps
+    if args.examples:
+        changes["examples"] = args.examples
     return replace(settings, **changes)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from suite import infer_sides, job_sides, train_sides  # noqa: E402
+from suite import infer_sides, job_sides, peer_trainers, train_runs, train_sides  # noqa: E402
 from suite.settings import Settings  # noqa: E402
 
 WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
@@ -37,6 +37,12 @@ WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "merge-peft": job_sides.merge_peft,
     "startup-tiny": lambda s: job_sides.train_startup(s, "tiny"),
     "startup-preset": lambda s: job_sides.train_startup(s, s.preset),
+    "real-elmtune": train_runs.elmtune_train,
+    "real-elmtune-checkpointing": lambda s: train_runs.elmtune_train(s, checkpointing=True),
+    "real-trl": peer_trainers.trl_sft,
+    "real-apple": peer_trainers.apple_trainer,
+    "scale-1-process": train_runs.elmtune_train,
+    "scale-2-processes": lambda s: train_runs.elmtune_train(s, processes=2),
 }
 
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -111,6 +112,8 @@ def test_usage_mistakes_are_one_line_naming_the_option(tmp_path, capsys):
         ([], "give --all"),
         (["--all", "--rounds", "0"], "--rounds"),
         (["dpo", "--preset", "7B"], "--preset '7B'"),
+        (["real-data", "--examples", "0"], "--examples must be between 1 and 2000"),
+        (["scale", "--examples", "2001"], "--examples must be between 1 and 2000"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             parse_args(argv)
@@ -171,3 +174,84 @@ def test_apple_code_loads_from_a_directory_as_a_package_of_its_own(tmp_path):
     assert (
         missing_files(tmp_path) == [] and config_class.marker == "config" and model_class.config_class is config_class
     )
+
+
+def test_the_elmtune_flags_and_the_peers_settings_are_apples_recipe_with_the_same_overrides(tmp_path, monkeypatch):
+    from suite.real_data import DATA, run_config, train_flags
+
+    import elmtune.finetune.run as training
+    from elmtune.cli.app import main
+
+    captured = []
+
+    def fake_run_training(config, **_):  # what `elmtune train` would train
+        captured.append(config)
+        return SimpleNamespace(already_finished=True, run_dir=tmp_path, steps=0, final_adapter=tmp_path)
+
+    monkeypatch.setattr(training, "run_training", fake_run_training)
+    for checkpointing in (False, True):
+        settings = Settings(workdir=str(tmp_path))
+        monkeypatch.setattr(
+            sys, "argv", ["elmtune", *train_flags(settings, tmp_path / "run", checkpointing=checkpointing)]
+        )
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code in (0, None)
+        peers = run_config(settings, tmp_path / "run", checkpointing=checkpointing)
+        assert captured[-1] == peers
+        # Apple's commonsense recipe (CoreNet peft_configs) with the benchmark's overrides
+        adapter, data, train = peers.adapter, peers.data, peers.train
+        assert (adapter.method, adapter.r, adapter.alpha, adapter.dropout, adapter.targets) == (
+            "lora",
+            32,
+            32,
+            0.1,
+            ("apple",),
+        )
+        assert (data.path, data.limit, data.max_length, data.template, data.train_on_prompt) == (
+            str(DATA),
+            2000,
+            256,
+            "alpaca",
+            True,
+        )
+        assert (train.batch_size * train.grad_accum, train.max_steps, train.lr, train.betas) == (
+            16,
+            125,
+            3e-4,
+            (0.9, 0.95),
+        )
+        assert (peers.model, train.precision, train.gradient_checkpointing) == ("270M", "fp32", checkpointing)
+
+
+@pytest.mark.slow
+def test_quick_real_data_and_scale_rows_train_the_same_tokens_on_every_side(tmp_path):
+    results = tmp_path / "results"
+    argv = ["real-data", "scale", "--quick", "--results-dir", str(results), "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run.py"), *argv], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["row"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    for name in ("real-data-vs-apple", "real-data-peak-rss-vs-apple", "real-data-checkpointing-peak-rss-vs-apple"):
+        assert rows[name]["skipped"] == "skipped: --apple-code not given"
+    speed = rows["real-data-vs-trl"]
+    assert speed["unit"] == "examples/s" and speed["target"] == ">= 1.5x"
+    assert (
+        speed["a"]["best"] > 0
+        and speed["b"]["best"] > 0
+        and speed["ratio"] == pytest.approx(speed["a"]["best"] / speed["b"]["best"])
+    )
+    notes = speed["notes"]
+    ours, theirs = notes["tokens trained (elmtune / peer)"].split(" / ")
+    assert notes["identical tokens"] == "yes" and int(ours) == int(theirs) > 8  # one pass over the same 8 examples
+    ours, theirs = notes["adapter parameters (elmtune / peer)"].split(" / ")
+    assert int(ours) == int(theirs) > 0
+    for name in ("real-data-peak-rss-vs-trl", "real-data-checkpointing-peak-rss-vs-trl"):
+        assert rows[name]["unit"] == "MiB" and rows[name]["a"]["best"] > 100 and rows[name]["target"] == "report"
+    for name in ("scale-2-processes-vs-1", "scale-2-processes-vs-1-wall"):
+        row = rows[name]
+        assert row["a"]["best"] > 0 and row["b"]["best"] > 0 and row["target_met"] is None
+        assert row["notes"]["processes x threads (2 / 1)"] == "2 x 1 vs 1 x 1"  # --quick: one thread per process
+    (stored,) = results.glob("*.jsonl")
+    assert len(stored.read_text().splitlines()) == len(rows) == 8

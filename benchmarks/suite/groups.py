@@ -12,6 +12,7 @@ from typing import Any
 
 from suite.harness import Group, Pick, Row, Side, Target
 from suite.settings import Settings
+from suite.training_groups import real_data_group, scale_group
 
 TOKENS = "tokens/s"
 
@@ -314,9 +315,34 @@ def startup_group() -> Group:
     return Group("startup", sides, rows)
 
 
+def plan_group() -> Group:
+    """``elmtune plan``'s predicted peak against the measured peak RSS of the same run (six tiny/270M settings)."""
+    script = str(Path(__file__).resolve().parents[1] / "plan_vs_measured.py")
+    sides = [Side("plan-vs-measured", command=(sys.executable, script, "--side"))]
+    rows = [
+        Row(
+            "plan-vs-measured",
+            "`elmtune plan` predicted peak vs measured peak RSS, 270M LoRA 4 x 256",
+            Pick("plan-vs-measured", "predicted_mib"),
+            Pick("plan-vs-measured", "measured_mib"),
+            "MiB",
+            False,
+            Target("<=", 1.15),
+            notes=_plan_notes,
+        )
+    ]
+    return Group("plan", sides, rows)
+
+
+def _plan_notes(rounds: list[dict[str, dict]], context: dict[str, Any]) -> dict[str, Any]:
+    metrics = rounds[0]["plan-vs-measured"]["metrics"]
+    return {"within 15% (of 6)": metrics["within_15pct"], "worst error": metrics["worst_error"]}
+
+
 def all_groups() -> dict[str, Group]:
     """Every group by sub-command name, in the order ``--all`` runs them."""
     groups = [train_group(), dora_group(), dpo_group(), eval_group(), generate_group(), merge_group(), startup_group()]
+    groups += [real_data_group(), scale_group(), plan_group()]
     return {g.name: g for g in groups}
 
 

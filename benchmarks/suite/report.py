@@ -14,15 +14,8 @@ from typing import Any
 START = "<!-- benchmark-table:start -->"
 END = "<!-- benchmark-table:end -->"
 NOT_MEASURED = (
-    (
-        "LoRA training on real data: 2,000 commonsense examples",
-        "transformers `Trainer` + peft on Apple's code; TRL `SFTTrainer` + peft on our model",
-        ">= 2x; >= 1.5x",
-    ),
-    ("peak memory with gradient checkpointing", "Apple + peft", "report"),
     ("`elmtune plan` prediction vs measured peak RSS", "measured CPU peak RSS, 6 settings", "within 15%"),
     ("QLoRA (4-bit / 8-bit base)", "bitsandbytes", "report"),
-    ("multi-process (2 processes, gloo) throughput", "1 process", "report"),
 )
 
 

@@ -15,7 +15,9 @@ class Settings:
     """What one benchmark run measures: the model shape, the step shape, the adapter and the repetition counts.
 
     The defaults are the issue's reference setting: the 270M shape with random weights, fp32, batch 4 x 256, Apple's
-    recipe targets, r 32. ``quick()`` swaps in the tiny preset and small shapes.
+    recipe targets, r 32. The real-data groups train on ``examples`` rows at micro-batch ``real_batch`` times
+    ``real_accum`` (Apple's global batch 16), max length ``real_max_length``. ``quick()`` swaps in the tiny preset and
+    small shapes.
     """
 
     preset: str = "270M"
@@ -36,6 +38,10 @@ class Settings:
     eval_limit: int = 30
     lm_eval_batch: int = 8
     merge_dtype: str = "bf16"
+    examples: int = 2000
+    real_batch: int = 8
+    real_accum: int = 2
+    real_max_length: int = 256
     apple_code: str = ""
     workdir: str = ""
 
@@ -65,6 +71,9 @@ class Settings:
             eval_tasks="arc_easy",
             eval_limit=4,
             merge_dtype="f32",
+            examples=8,
+            real_batch=2,
+            real_accum=2,
         )
 
     def describe(self) -> str:
@@ -72,5 +81,6 @@ class Settings:
         threads = self.threads or "all"
         return (
             f"preset {self.preset} (random weights), fp32, batch {self.batch} x {self.seq}, targets {self.targets}, "
-            f"r {self.r}, {threads} threads, {self.clock} clock"
+            f"r {self.r}, {threads} threads, {self.clock} clock; real data: {self.examples} examples, batch "
+            f"{self.real_batch} x {self.real_accum} accumulation, max length {self.real_max_length}"
         )

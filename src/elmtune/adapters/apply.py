@@ -4,6 +4,10 @@ The flow is: resolve targets -> split fused modules that have sub-projection tar
 explicit ``target_modules``, ``rank_pattern`` and ``alpha_pattern`` -> ``peft.get_peft_model`` with elmtune's LoRA
 layer classes (fast DoRA; DoRA on embeddings falls back to LoRA). Only adapter parameters are trainable, and they are
 fp32 even on a bf16/fp16 base.
+
+On a quantised base (QLoRA, :mod:`elmtune.models.quantize`) the Linear layers are quantised after the split and
+before peft wraps them, and peft's bitsandbytes LoRA/DoRA layers (``peft.tuners.lora.bnb``) adapt them: elmtune's
+layer classes apply to full-precision Linears only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from elmtune.adapters.dora import custom_module_mapping
 from elmtune.adapters.fused import split_fused_modules
 from elmtune.adapters.ranks import rank_and_alpha_patterns
 from elmtune.adapters.targets import TargetPlan, layer_index, resolve_targets
+from elmtune.errors import ConfigError
+from elmtune.models.quantize import BaseQuantization, quantize_linears
 
 DEFAULT_ADAPTER = "default"
 
@@ -65,13 +71,26 @@ def _is_conv1d(model: nn.Module, name: str) -> bool:
     return isinstance(model.get_submodule(name), Conv1D)
 
 
-def build_lora_config(model: nn.Module, cfg: AdapterConfig, plan: TargetPlan | None = None) -> LoraConfig:
+def lora_layer_mapping(quantized: bool = False) -> dict[type[nn.Module], type[nn.Module]]:
+    """Base layer type -> elmtune LoRA layer to register with peft; on a quantised base, none for Linears.
+
+    bitsandbytes' quantised layers subclass ``nn.Linear``: registering elmtune's Linear layer would wrap them as
+    full-precision weights, so a quantised base leaves Linears to peft's own bitsandbytes dispatch.
+    """
+    mapping = custom_module_mapping()
+    return {k: v for k, v in mapping.items() if k is not nn.Linear} if quantized else mapping
+
+
+def build_lora_config(
+    model: nn.Module, cfg: AdapterConfig, plan: TargetPlan | None = None, *, quantized: bool = False
+) -> LoraConfig:
     """The peft ``LoraConfig`` for ``cfg`` on ``model`` (explicit target names, rank and alpha patterns).
 
     Args:
         model: The base model (used to resolve targets when ``plan`` is not given, and to find norms).
         cfg: The adapter config.
         plan: Targets already resolved by :func:`resolve_targets`.
+        quantized: The base's Linear layers are (or will be) quantised (see :func:`lora_layer_mapping`).
 
     Returns:
         A ``LoraConfig`` with elmtune's layer classes registered (the registration is not serialised).
@@ -101,7 +120,7 @@ def build_lora_config(model: nn.Module, cfg: AdapterConfig, plan: TargetPlan | N
         bias="none",
         task_type="CAUSAL_LM",
     )
-    lora_config._register_custom_module(custom_module_mapping())
+    lora_config._register_custom_module(lora_layer_mapping(quantized))
     return lora_config
 
 
@@ -143,7 +162,13 @@ def wrap_with_peft(model: nn.Module, lora_config: LoraConfig, adapter_name: str)
     return peft_model
 
 
-def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
+def apply_adapter(
+    model: nn.Module,
+    cfg: AdapterConfig,
+    *,
+    adapter_name: str = DEFAULT_ADAPTER,
+    quantization: BaseQuantization | None = None,
+) -> PeftModel:
     """Wrap ``model`` with a new LoRA/DoRA adapter described by ``cfg``.
 
     The base model is modified in place (fused modules with sub-projection targets are split into row blocks, target
@@ -153,6 +178,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
         model: A base model (elmtune's OpenELM or any transformers causal LM).
         cfg: The adapter config.
         adapter_name: peft's adapter name.
+        quantization: Quantise the base's Linear layers (after splitting fused modules) before the adapter goes on.
 
     Returns:
         The peft model, in the base model's train/eval mode; only adapter parameters (and norm copies with
@@ -160,6 +186,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
 
     Raises:
         AdapterError: Targets that match nothing, a model that already has adapters, or invalid combinations.
+        ConfigError: A base-rewriting initialisation (PiSSA, OLoRA) on a quantised base.
     """
     reject_wrapped(model)
     plan = resolve_targets(model, cfg)
@@ -169,8 +196,16 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, adapter_name: str = D
             UserWarning,
             stacklevel=2,
         )
-    lora_config = build_lora_config(model, cfg, plan)
+    if quantization is not None and cfg.rewrites_base:
+        raise ConfigError(
+            f"adapter.init {cfg.init} rewrites the base weights, which a quantised base (train.base_dtype "
+            f"{quantization.kind}) cannot hold; use init default or a full-precision base",
+            key="adapter.init",
+        )
+    lora_config = build_lora_config(model, cfg, plan, quantized=quantization is not None)
     split_fused_modules(model, plan.row_blocks)
+    if quantization is not None:
+        quantize_linears(model, quantization)  # the split blocks are quantised one by one
     peft_model = wrap_with_peft(model, lora_config, adapter_name)
     state = AdapterState(config=cfg, adapter_name=adapter_name)
     if cfg.rewrites_base:
@@ -187,6 +222,7 @@ __all__ = [
     "adapter_state",
     "apply_adapter",
     "build_lora_config",
+    "lora_layer_mapping",
     "norm_module_names",
     "promote_trainable_norms",
     "reject_wrapped",

@@ -61,24 +61,24 @@ class RowSplitLinear(nn.Module):
     @property
     def in_features(self) -> int:
         """Input width, shared by every block."""
-        return self._block_weight(self.block_names[0]).shape[1]
+        return self._block_shape(self.block_names[0])[1]
 
     @property
     def out_features(self) -> int:
         """Output width: the rows of all blocks together."""
-        return sum(self._block_weight(name).shape[0] for name in self.block_names)
+        return sum(self._block_shape(name)[0] for name in self.block_names)
 
-    def _block_weight(self, name: str) -> torch.Tensor:
-        """The (rows_b, in) weight of block ``name``, under a peft layer if it carries one."""
+    def _block_shape(self, name: str) -> tuple[int, int]:
+        """(rows_b, in) of block ``name``'s weight, under a peft layer if it carries one (also when quantised)."""
         module = getattr(self, name)
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-        return base.weight
+        return int(base.out_features), int(base.in_features)
 
     def row_ranges(self) -> dict[str, tuple[int, int]]:
         """Block name -> (start, stop) rows of the fused weight."""
         out, start = {}, 0
         for name in self.block_names:
-            stop = start + self._block_weight(name).shape[0]
+            stop = start + self._block_shape(name)[0]
             out[name] = (start, stop)
             start = stop
         return out

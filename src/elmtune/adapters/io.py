@@ -20,11 +20,12 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from elmtune import __version__
-from elmtune.adapters.apply import AdapterState, adapter_state, reject_wrapped, wrap_with_peft
+from elmtune.adapters.apply import AdapterState, adapter_state, lora_layer_mapping, reject_wrapped, wrap_with_peft
 from elmtune.adapters.config import AdapterConfig, AdapterError
-from elmtune.adapters.dora import custom_module_mapping
 from elmtune.adapters.fused import RowSplitLinear, split_fused_modules
+from elmtune.adapters.quantized_base import quantized_weights
 from elmtune.adapters.targets import is_openelm, layer_index
+from elmtune.models.quantize import BaseQuantization, base_quantization, quantize_linears
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -198,6 +199,9 @@ def save_adapter(model: PeftModel, out_dir: str | Path, *, base_name: str | None
         "converted_init": state.config.init if state.initial and state.config is not None else None,
         "dora_embedding_as_lora": sorted(k[len(PEFT_KEY_PREFIX) : -len(_COMPAT_SUFFIX)] for k in compat),
     }
+    quantization = base_quantization(base)
+    if quantization is not None:
+        metadata["base_quantization"] = quantization.to_dict(quantized_weights(base))
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return out
 
@@ -241,11 +245,16 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
 
 
 def attach_adapter_from_dir(
-    base_model: nn.Module, adapter_dir: str | Path, *, adapter_name: str = "default"
+    base_model: nn.Module,
+    adapter_dir: str | Path,
+    *,
+    adapter_name: str = "default",
+    quantization: BaseQuantization | None = None,
 ) -> tuple[PeftModel, dict[str, Any] | None]:
     """Check the fingerprint, split fused modules and wrap ``base_model`` with the saved adapter's structure.
 
     The adapter weights are left at their initial values (this is what ``inspect`` needs on a meta-device model).
+    With ``quantization``, the base's Linear layers are quantised after the split, before the adapter goes on.
     """
     path = check_adapter_dir(adapter_dir)
     reject_wrapped(base_model, "load onto the base model")
@@ -254,11 +263,13 @@ def attach_adapter_from_dir(
         check_signature(base_model, metadata.get("base", {}), str(path))
         blocks = {k: {b: (int(r[0]), int(r[1])) for b, r in v.items()} for k, v in metadata["row_blocks"].items()}
         split_fused_modules(base_model, blocks)
+    if quantization is not None:
+        quantize_linears(base_model, quantization)
     config = LoraConfig.from_pretrained(str(path))
     config.init_lora_weights = True  # never re-run data/SVD-based initialisations (they would rewrite the base)
     config.inference_mode = False
     config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
-    config._register_custom_module(custom_module_mapping())
+    config._register_custom_module(lora_layer_mapping(base_quantization(base_model) is not None))
     model = wrap_with_peft(base_model, config, adapter_name)
     adapter_config = None
     if metadata is not None and metadata.get("adapter_config") is not None:
@@ -308,7 +319,7 @@ def load_frozen_copy(model: PeftModel, adapter_dir: str | Path, adapter_name: st
     """
     config = copy.deepcopy(model.peft_config[model.active_adapter])
     config.inference_mode = True
-    config._register_custom_module(custom_module_mapping())
+    config._register_custom_module(lora_layer_mapping(base_quantization(model) is not None))
     flags = [(param, param.requires_grad) for param in model.parameters()]
     model.add_adapter(adapter_name, config)
     _set_saved_tensors(model, adapter_dir, read_metadata(adapter_dir), adapter_name)
@@ -320,7 +331,12 @@ def load_frozen_copy(model: PeftModel, adapter_dir: str | Path, adapter_name: st
 
 
 def load_adapter(
-    base_model: nn.Module, adapter_dir: str | Path, *, is_trainable: bool = False, adapter_name: str = "default"
+    base_model: nn.Module,
+    adapter_dir: str | Path,
+    *,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
+    quantization: BaseQuantization | None = None,
 ) -> PeftModel:
     """Load a saved adapter onto a base model.
 
@@ -332,6 +348,7 @@ def load_adapter(
         is_trainable: Keep adapter parameters trainable (to resume training; the train/eval mode is left as it
             is); otherwise everything is frozen and the model is put in eval mode.
         adapter_name: peft's adapter name.
+        quantization: Quantise the base's Linear layers (QLoRA) after splitting fused modules.
 
     Returns:
         The peft model.
@@ -340,7 +357,9 @@ def load_adapter(
         AdapterError: Missing files, a pickle checkpoint, a base model whose geometry differs from the adapter's base
             (the message names the first mismatching layer), or tensors that do not fit.
     """
-    model, metadata = attach_adapter_from_dir(base_model, adapter_dir, adapter_name=adapter_name)
+    model, metadata = attach_adapter_from_dir(
+        base_model, adapter_dir, adapter_name=adapter_name, quantization=quantization
+    )
     _set_saved_tensors(model, adapter_dir, metadata, adapter_name)
     if not is_trainable:
         model.eval()

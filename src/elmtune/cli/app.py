@@ -21,6 +21,7 @@ from elmtune.cli import export as export_cmd
 from elmtune.cli import generate as generate_cmd
 from elmtune.cli import inspect as inspect_cmd
 from elmtune.cli import merge as merge_cmd
+from elmtune.cli import plan as plan_cmd
 from elmtune.cli import push as push_cmd
 from elmtune.cli import quickstart as quickstart_cmd
 from elmtune.cli import recipes as recipes_cmd
@@ -63,6 +64,7 @@ def root(
 app.command("quickstart", epilog=epilog("quickstart"))(quickstart_cmd.quickstart)
 app.command("inspect", epilog=epilog("inspect"))(inspect_cmd.inspect)
 app.command("train", epilog=epilog("train"))(train_cmd.train)
+app.command("plan", epilog=epilog("plan"))(plan_cmd.plan)
 app.command("eval", epilog=epilog("eval"))(eval_cmd.eval)
 app.command("export", epilog=epilog("export"))(export_cmd.export)
 app.command("merge", epilog=epilog("merge"))(merge_cmd.merge)

@@ -11,6 +11,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "elmtune train --config openelm-270M-lora-commonsense -o runs/lora",
         "elmtune train -m tiny -d data.jsonl --max-steps 100 -o runs/tiny --num-processes 2",
     ),
+    "plan": (
+        "elmtune plan openelm-270M-lora-commonsense --device cuda:8GB",
+        "elmtune plan -m 3B --batch-size 4 --max-length 1024 --base-dtype nf4 --device cuda:24GB --json",
+    ),
     "eval": (
         "elmtune eval 270M --adapter runs/lora/final --compare base --data LLM-Adapters/dataset --limit 500",
         "elmtune eval 270M --adapter runs/dpo/final --protocol preference --data held_out_pairs.jsonl",

@@ -160,7 +160,7 @@ def train(
     keep_last: Annotated[int | None, Opt(help="Checkpoints to keep.")] = None,
     device: DeviceOpt = None,
     precision: Annotated[str | None, Opt(help="auto, fp32, bf16 or fp16.")] = None,
-    base_dtype: Annotated[str | None, Opt(help="Base weights: auto, fp32, bf16 or fp16.")] = None,
+    base_dtype: Annotated[str | None, Opt(help="Base weights: auto, fp32, bf16, fp16, nf4 or int8 (QLoRA).")] = None,
     gradient_checkpointing: Annotated[bool | None, Opt(help="Recompute activations to save memory.")] = None,
 ) -> None:
     """Fine-tune a LoRA/DoRA adapter (SFT or preference optimisation) and write a self-describing run directory.

@@ -89,7 +89,9 @@ class TrainConfig:
         keep_last: Keep this many newest checkpoints.
         device: ``auto`` (cuda > mps > cpu) or a device name.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` compute.
-        base_dtype: dtype of the frozen base weights: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        base_dtype: dtype of the frozen base weights: ``auto``, ``fp32``, ``bf16`` or ``fp16``; or a quantised base
+            (QLoRA, needs ``elmtune[qlora]``): ``nf4`` (4-bit NormalFloat, double quantisation) or ``int8``, with the
+            Linear layers quantised and embeddings, norms and head in the compute dtype.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
     """
 
@@ -123,7 +125,7 @@ class TrainConfig:
     keep_last: int = 2
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16", "nf4", "int8"] = "auto"
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -180,9 +182,9 @@ class TrainConfig:
                 (self.skip_nonfinite >= 0, "skip_nonfinite", "must be >= 0"),
                 (self.precision in precisions, "precision", f"must be auto, fp32, bf16 or fp16: {self.precision!r}"),
                 (
-                    self.base_dtype in precisions,
+                    self.base_dtype in (*precisions, "nf4", "int8"),
                     "base_dtype",
-                    f"must be auto, fp32, bf16 or fp16: {self.base_dtype!r}",
+                    f"must be auto, fp32, bf16, fp16, nf4 or int8: {self.base_dtype!r}",
                 ),
             ],
         )
@@ -206,6 +208,14 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     start_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.train.base_dtype in ("nf4", "int8") and self.adapter.rewrites_base:
+            raise ConfigError(
+                f"adapter.init {self.adapter.init} rewrites the base weights, which a quantised base (train.base_dtype "
+                f"{self.train.base_dtype}) cannot hold; use init default or a full-precision base",
+                key="adapter.init",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready values."""

@@ -9,6 +9,7 @@ flags must agree with them. A preference run then also loads a frozen copy of it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from elmtune.adapters.config import AdapterConfig
 from elmtune.errors import ElmtuneError
 from elmtune.finetune.config import RunConfig
 from elmtune.finetune.reference import REFERENCE_ADAPTER
+from elmtune.models.quantize import BaseQuantization
 
 
 @dataclass
@@ -88,8 +90,6 @@ def with_starting_adapter(config: RunConfig) -> RunConfig:
 
 def weights_sha256(model: nn.Module) -> str:
     """sha256 of a model's config and of every parameter and buffer (names, dtypes, shapes and bytes)."""
-    import hashlib
-
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
@@ -100,12 +100,21 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _quantization(config: RunConfig, base_dtype: torch.dtype | None) -> BaseQuantization | None:
+    """The base quantisation ``train.base_dtype`` asks for (None for a full-precision base)."""
+    kind = config.train.base_dtype
+    if kind not in ("nf4", "int8"):
+        return None
+    return BaseQuantization(kind, base_dtype or torch.float32)
+
+
 def build_policy(config: RunConfig, base_dtype: torch.dtype | None, *, digest_base: bool = False) -> Policy:
     """Load the base model and put the run's adapter on it (new, or continued from ``config.start_from``).
 
     Args:
         config: The run configuration (adapter settings as :func:`with_starting_adapter` gives them).
-        base_dtype: dtype of the frozen base weights.
+        base_dtype: dtype of the frozen base weights; with ``train.base_dtype`` ``nf4``/``int8``, the compute dtype
+            that the quantised Linear layers compute in and the rest of the base keeps.
         digest_base: Take :func:`weights_sha256` of the base before the adapter goes on (for the reference cache).
 
     Returns:
@@ -120,11 +129,14 @@ def build_policy(config: RunConfig, base_dtype: torch.dtype | None, *, digest_ba
 
     model = load_model(config.model, dtype=base_dtype)
     digest = weights_sha256(model) if digest_base else None
+    quantization = _quantization(config, base_dtype)
+    if digest is not None and quantization is not None:  # the reference cache key tells the bases apart
+        digest = hashlib.sha256(f"{digest}:{quantization.kind}".encode()).hexdigest()
     if config.train.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     if config.start_from is None:
-        return Policy(apply_adapter(model, config.adapter), None, digest)
-    model = load_adapter(model, config.start_from, is_trainable=True)
+        return Policy(apply_adapter(model, config.adapter, quantization=quantization), None, digest)
+    model = load_adapter(model, config.start_from, is_trainable=True, quantization=quantization)
     if config.train.objective != "dpo":
         return Policy(model, None, digest)
     load_frozen_copy(model, config.start_from, REFERENCE_ADAPTER)

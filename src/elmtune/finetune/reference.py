@@ -7,6 +7,9 @@ The reference is the policy's own peft model run another way, inside :func:`refe
   adapter of the same peft model (:data:`REFERENCE_ADAPTER`) that is made the active one for the reference forward.
   This costs one extra adapter (megabytes) instead of a merged copy of the base.
 
+On a quantised base (``train.base_dtype`` ``nf4``/``int8``) the reference is that same quantised base, run either way:
+the policy and its reference differ by the adapter only, not by the quantisation error.
+
 The reference forward runs without gradients and in eval mode (no adapter dropout), so it draws no random numbers
 and gives the same values whether it is computed on the fly or once before training
 (:mod:`elmtune.finetune.reference_cache`).

@@ -128,6 +128,14 @@ def render_model_card(report: MergeReport) -> str:
         f"- output head: {report.head.note}",
         f"- mode: {'low-memory (tensor by tensor from the base files)' if report.low_memory else 'in-memory'}",
         f"- tensors changed: {len(report.changed_tensors)}",
+        *(
+            [
+                f"- base quantisation: the adapter was trained on a {report.base_quantization} base; its Linear "
+                f"weights were dequantised to fp32 (dequant(quant(W))) before the update, reproducing the trained model"
+            ]
+            if report.base_quantization
+            else []
+        ),
         "",
         "## Merge check",
         "",

@@ -115,6 +115,8 @@ class MergeReport:
         seconds: How long it took.
         elmtune_version: The elmtune that merged.
         model_type: The base's transformers ``model_type`` (``openelm``, ``llama``, ``gpt2``...).
+        base_quantization: ``nf4``/``int8`` when the adapter was trained on a quantised base: its Linear weights
+            were merged as ``dequant(quant(W)) + update`` (the weights the training computed with), else None.
     """
 
     output: str
@@ -131,6 +133,7 @@ class MergeReport:
     seconds: MergeTimings
     elmtune_version: str = field(default=__version__)
     model_type: str = "openelm"
+    base_quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of ``merge_report.json``."""
@@ -153,6 +156,7 @@ class MergeReport:
             "training_data": None if self.training_data is None else dict(self.training_data),
             "dtype": self.dtype,
             "arithmetic": "fp32, rounded once to the output dtype",
+            "base_quantization": self.base_quantization,
             "embeddings": {
                 "adapted": self.head.adapted,
                 "tied": self.head.tied,

@@ -28,6 +28,7 @@ import torch
 
 from elmtune.adapters.config import AdapterError
 from elmtune.merging.adapter import EMBEDDING_KEY, AdapterCheckpoint, ParsedAdapter, parse_adapter, read_adapter
+from elmtune.merging.dequantized_source import DequantizedSource
 from elmtune.merging.merge import check_adapter_fits, merged_tensors, output_specs
 from elmtune.merging.merged_checkpoint import CARD_FILE, copy_tokenizer, write_config
 from elmtune.merging.model_card import render_model_card, training_data
@@ -194,6 +195,11 @@ def _plan(base: str, adapter_dir: Path, out_dir: Path, options: MergeOptions) ->
 
     checkpoint = read_adapter(adapter_dir)
     config, source, base_dir, other = _open_base(base, options.low_memory)
+    record = (checkpoint.metadata or {}).get("base_quantization")
+    if record is not None:  # trained on a quantised base: merge into the weights it computed with
+        if other is not None:
+            raise MergeError(f"{adapter_dir} was trained on a quantised base; merging it needs an OpenELM base")
+        source = DequantizedSource(source, record)
     skeleton, keys, base_tied = _base_layout(config, other, options)
     _check_adapter(checkpoint, skeleton, adapter_dir)
     adapter = parse_adapter(checkpoint)
@@ -258,6 +264,11 @@ def _check_merge(plan: _MergePlan, tmp: Path) -> VerifyResult | None:
         raise MergeError(f"cannot check the merge: {err}") from None
 
 
+def _quantized_keys(plan: _MergePlan) -> list[str]:
+    """The base keys merged from dequantised weights (none unless the adapter was trained on a quantised base)."""
+    return plan.source.quantized_keys if isinstance(plan.source, DequantizedSource) else []
+
+
 def _report(
     plan: _MergePlan, files: list[str], verification: VerifyResult | None, timings: MergeTimings
 ) -> MergeReport:
@@ -273,7 +284,8 @@ def _report(
         dtype=str(plan.dtype).removeprefix("torch."),
         head=plan.head,
         low_memory=plan.options.low_memory,
-        changed_tensors=tuple(sorted(adapter.adapted_keys | set(adapter.replaced))),
+        base_quantization=plan.source.kind if isinstance(plan.source, DequantizedSource) else None,
+        changed_tensors=tuple(sorted(adapter.adapted_keys | set(adapter.replaced) | set(_quantized_keys(plan)))),
         files=tuple(sorted([*files, CARD_FILE, REPORT_FILE])),
         verification=verification,
         seconds=timings,

@@ -27,7 +27,8 @@ class PrecisionPlan:
         device: Where the model runs.
         precision: The resolved precision: ``fp32``, ``bf16`` or ``fp16`` (autocast dtype when not fp32; fp16 also
             scales the loss).
-        base_dtype: dtype of the frozen base weights.
+        base_dtype: dtype of the frozen base weights (of the parts left unquantised with ``quantization``).
+        quantization: ``nf4`` or ``int8`` when the base's Linear layers are quantised (QLoRA), else None.
         note: One line for the log saying what was chosen and why.
     """
 
@@ -35,6 +36,7 @@ class PrecisionPlan:
     precision: Literal["fp32", "bf16", "fp16"]
     base_dtype: torch.dtype
     note: str
+    quantization: Literal["nf4", "int8"] | None = None
 
     @property
     def accelerate_mixed_precision(self) -> str:
@@ -94,14 +96,40 @@ def plan_precision(device: torch.device, precision: Precision = "auto", base_dty
         device: The device the run uses (see :func:`resolve_device`).
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         base_dtype: dtype of the frozen base weights: ``auto`` (fp32 on CPU, the compute dtype elsewhere), ``fp32``,
-            ``bf16`` or ``fp16``.
+            ``bf16`` or ``fp16``; or ``nf4``/``int8``: the Linear layers quantised with bitsandbytes, computing in the
+            compute dtype, which the rest of the base keeps.
 
     Returns:
         The plan.
 
     Raises:
         ElmtuneError: A precision the device cannot run (e.g. fp16 on CPU, bf16 on a GPU without bf16).
+        ConfigError: ``nf4``/``int8`` without a bitsandbytes that can quantise on ``device``.
     """
+    chosen, why = _compute_precision(device, precision)
+    kind = device.type
+    quantization = base_dtype if base_dtype in ("nf4", "int8") else None
+    if quantization is not None:
+        from elmtune.models.quantize import require_bitsandbytes
+
+        require_bitsandbytes(quantization, device)
+        base = torch.float32 if chosen == "fp32" else DTYPES[chosen]
+        compute = str(base).removeprefix("torch.")
+        note = f"{kind}: {chosen} compute ({why}); base Linear weights {quantization} computing in {compute}, rest "
+        note += f"{compute}; adapters fp32"
+        return PrecisionPlan(device=device, precision=chosen, base_dtype=base, note=note, quantization=quantization)
+    if base_dtype == "auto":
+        base = torch.float32 if kind == "cpu" or chosen == "fp32" else DTYPES[chosen]
+    elif base_dtype in DTYPES:
+        base = DTYPES[base_dtype]
+    else:
+        raise ElmtuneError(f"unknown base dtype {base_dtype!r}; use auto, fp32, bf16, fp16, nf4 or int8")
+    note = f"{kind}: {chosen} compute ({why}); base weights {str(base).removeprefix('torch.')}; adapters fp32"
+    return PrecisionPlan(device=device, precision=chosen, base_dtype=base, note=note)
+
+
+def _compute_precision(device: torch.device, precision: Precision) -> tuple[Literal["fp32", "bf16", "fp16"], str]:
+    """(compute precision, why) for ``device`` and the requested ``precision``."""
     kind = device.type
     if kind == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
@@ -132,11 +160,4 @@ def plan_precision(device: torch.device, precision: Precision = "auto", base_dty
             raise ElmtuneError("fp16 training is not supported on the CPU; use --precision bf16 or fp32")
         chosen = "fp32" if precision == "auto" else precision
         why = "CPU default" if precision == "auto" else "requested"
-    if base_dtype == "auto":
-        base = torch.float32 if kind == "cpu" or chosen == "fp32" else DTYPES[chosen]
-    elif base_dtype in DTYPES:
-        base = DTYPES[base_dtype]
-    else:
-        raise ElmtuneError(f"unknown base dtype {base_dtype!r}; use auto, fp32, bf16 or fp16")
-    note = f"{kind}: {chosen} compute ({why}); base weights {str(base).removeprefix('torch.')}; adapters fp32"
-    return PrecisionPlan(device=device, precision=chosen, base_dtype=base, note=note)
+    return chosen, why

@@ -1,0 +1,172 @@
+"""The real-data run as users run it without elmtune: TRL's ``SFTTrainer`` and transformers' ``Trainer`` with peft.
+
+Both take every setting from the same ``RunConfig`` as the elmtune side (:func:`suite.real_data.run_config`): the
+LoRA targets, rank, alpha and dropout (peft's LoRA on Apple's projections and the token embedding), the micro-batch,
+accumulation, steps, learning rate, AdamW betas/epsilon, weight decay, gradient clipping, length-grouped batches,
+max length and which tokens carry the loss. The examples are rendered with elmtune's template code, so every side
+trains on the same tokens: TRL gets prompt/completion text and tokenises it itself (the side checks that its tokens
+equal elmtune's); the ``Trainer`` side gets elmtune's token ids and labels and pads them with
+``DataCollatorForSeq2Seq`` to the longest in the batch. Neither has a z-loss (the recipe's 1e-4 is elmtune's only).
+Each side runs in its own process and ends by saving the adapter, as ``elmtune train`` does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from typing import Any
+
+from suite.measure import peak_rss_mib, set_threads
+from suite.real_data import DATA, run_config
+from suite.settings import Settings
+from suite.train_sides import APPLE_TARGETS
+
+EMBEDDING = "token_embeddings"
+
+
+def _examples(config: Any) -> list[Any]:
+    from elmtune.datasets import load_sft_examples
+
+    examples, _ = load_sft_examples(DATA, config.data.format, limit=config.data.limit)
+    return examples
+
+
+def elmtune_tokens(config: Any, tokenizer: Any) -> list[Any]:
+    """elmtune's tokenisation of the run's examples (``TokenizedExample``: ids and labels)."""
+    from elmtune.datasets import TokenizeConfig, tokenize_sft
+
+    data = config.data
+    tokenize = TokenizeConfig(max_length=data.max_length, template=data.template, train_on_prompt=data.train_on_prompt)
+    tokenized, _ = tokenize_sft(_examples(config), tokenizer, tokenize)
+    return tokenized
+
+
+def prompt_completion_rows(config: Any) -> list[dict[str, str]]:
+    """Each example rendered by elmtune's template: the text before the first target, and the rest (EOS included)."""
+    from elmtune.datasets import render_sft
+
+    rows = []
+    for example in _examples(config):
+        rendered = render_sft(example, config.data.template)
+        first_target = next(i for i, segment in enumerate(rendered.segments) if segment.target)
+        prompt = "".join(segment.text for segment in rendered.segments[:first_target])
+        rows.append({"prompt": prompt, "completion": rendered.text[len(prompt) :]})
+    return rows
+
+
+def lora_config(config: Any) -> Any:
+    """peft's LoRA with the run's rank, alpha and dropout on Apple's projections and the token embedding."""
+    from peft import LoraConfig
+
+    adapter = config.adapter
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=[*APPLE_TARGETS, EMBEDDING],
+        task_type="CAUSAL_LM",
+    )
+
+
+def trainer_arguments(config: Any, output_dir: str) -> dict[str, Any]:
+    """``TrainingArguments`` keywords for the run (shared by ``SFTConfig``): the recipe's optimisation, on the CPU."""
+    train = config.train
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "max_steps": train.max_steps,
+        "learning_rate": train.lr,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr": train.min_lr},
+        "warmup_steps": train.warmup,
+        "adam_beta1": train.betas[0],
+        "adam_beta2": train.betas[1],
+        "adam_epsilon": train.eps,
+        "weight_decay": train.weight_decay,
+        "max_grad_norm": train.max_grad_norm,
+        "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
+        "gradient_checkpointing": train.gradient_checkpointing,
+        "seed": train.seed,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
+def _finish(trainer: Any, settings: Settings, config: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """Train, save the adapter, and report the run's metrics."""
+    trainer.train()
+    trainer.save_model(tempfile.mkdtemp(prefix="peer-adapter-", dir=settings.workdir))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics = {"examples": config.data.limit, "peak_rss_mib": peak_rss_mib()}
+    return {"metrics": metrics, "info": {**info, "adapter_parameters": trainable}}
+
+
+def trl_sft(settings: Settings) -> dict[str, Any]:
+    """TRL ``SFTTrainer`` + peft on elmtune's model: the run's prompt/completion text, padding to the longest."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from elmtune.models import load_model, load_tokenizer
+
+    set_threads(settings)
+    out = tempfile.mkdtemp(prefix="trl-", dir=settings.workdir)
+    config = run_config(settings, out)
+    tokenizer = load_tokenizer()
+    args = SFTConfig(
+        **trainer_arguments(config, out),
+        max_length=config.data.max_length,
+        completion_only_loss=not config.data.train_on_prompt,
+        packing=False,
+        padding_free=False,
+        pad_to_multiple_of=None,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(config.model)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(prompt_completion_rows(config)),
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+        )
+    theirs = [list(ids) for ids in trainer.train_dataset["input_ids"]]
+    ours = [example.input_ids.tolist() for example in elmtune_tokens(config, tokenizer)]
+    info = {"identical_tokens": theirs == ours, "tokens": sum(map(len, theirs))}
+    return _finish(trainer, settings, config, info)
+
+
+def apple_trainer(settings: Settings) -> dict[str, Any]:
+    """transformers ``Trainer`` + peft on Apple's modeling code: elmtune's token ids, ``DataCollatorForSeq2Seq``."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from elmtune.models import load_tokenizer
+    from suite.apple_code import apple_model
+
+    set_threads(settings)
+    out = tempfile.mkdtemp(prefix="apple-", dir=settings.workdir)
+    config = run_config(settings, out)
+    tokenizer = load_tokenizer()
+    tokenized = elmtune_tokens(config, tokenizer)
+    rows = [{"input_ids": t.input_ids.tolist(), "labels": t.labels.tolist()} for t in tokenized]
+    for row in rows:
+        row["attention_mask"] = [1] * len(row["input_ids"])
+    torch.manual_seed(config.train.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(apple_model(settings.apple_code, config.model), lora_config(config))
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**trainer_arguments(config, out)),
+            train_dataset=Dataset.from_list(rows),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+        )
+    info = {"identical_tokens": True, "tokens": sum(len(row["input_ids"]) for row in rows)}
+    return _finish(trainer, settings, config, info)
