@@ -32,6 +32,7 @@ FAILING: dict[str, tuple[str, int, str] | None] = {
     "push": ("push {w}/missing me/repo", 1, "missing is not a directory"),
     "report": ("report {w}/empty", 2, "empty is not a training run"),
     "quickstart": ("quickstart --model {w}/no-such-model -o {w}/quickstart", 1, "no-such-model"),
+    "plan": ("plan --model tiny --device gpu:1", 2, "--device 'gpu:1'"),
     "recipes": None,  # takes no input that can be missing; its bad usage is tested below
 }
 
