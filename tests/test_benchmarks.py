@@ -60,6 +60,17 @@ def test_sides_run_interleaved_each_in_a_fresh_process(tmp_path):
     assert result["ratio"] == pytest.approx(2.0 / 4.0) and result["a"]["median"] == 2.5 and result["target_met"]
 
 
+def test_a_capped_group_runs_once_and_quick_arguments_reach_only_quick_runs(tmp_path):
+    trail = tmp_path / "trail.txt"
+    side = _side("a", "5,6,7", trail)
+    group = Group("g", [side], [Row("r", "time", Pick("a", "s"), Pick("a", "s"), "s", False)], max_rounds=1)
+    (result,) = run_group(group, Settings(), rounds=3, log=lambda _: None)
+    assert len(trail.read_text().splitlines()) == 1 and result["a"]["values"] == [5.0]
+    flagged = Side("p", command=("prog", "--side"), quick_args=("--quick",))
+    assert flagged.argv(Settings()) == ["prog", "--side"]
+    assert flagged.argv(Settings().quick()) == ["prog", "--side", "--quick"]
+
+
 def test_picks_subtract_divide_and_take_constants_per_round():
     rounds = _rounds({"a": [30.0, 50.0], "floor": [10.0, 20.0]})
     assert Pick("a", "x", minus=("floor", "x")).values(rounds, {}) == [20.0, 30.0]

@@ -29,17 +29,22 @@ class SideFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Side:
-    """One measured program: a worker kind (``benchmarks/worker.py KIND``) or an explicit command."""
+    """One measured program: a worker kind (``benchmarks/worker.py KIND``) or an explicit command.
+
+    An explicit command gets ``quick_args`` appended under ``--quick`` (the worker kinds read the settings instead).
+    """
 
     name: str
     kind: str = ""
     command: tuple[str, ...] = ()
     needs_apple: bool = False
+    quick_args: tuple[str, ...] = ()
 
     def argv(self, settings: Settings) -> list[str]:
         """The command line of one run of this side (``@WORKDIR@`` in a command is the run's scratch directory)."""
         if self.command:
-            return [part.replace("@WORKDIR@", settings.workdir) for part in self.command]
+            quick = list(self.quick_args) if settings.is_quick else []
+            return [part.replace("@WORKDIR@", settings.workdir) for part in self.command] + quick
         return [sys.executable, str(BENCHMARKS / "worker.py"), self.kind, settings.to_json()]
 
 
@@ -111,12 +116,16 @@ class Row:
 
 @dataclass(frozen=True)
 class Group:
-    """Sides run together (one sub-command), the rows made from them, and an optional set-up (files, constants)."""
+    """Sides run together (one sub-command), the rows made from them, and an optional set-up (files, constants).
+
+    ``max_rounds`` caps ``--rounds`` for a group whose figures do not vary between runs (memory predictions).
+    """
 
     name: str
     sides: list[Side]
     rows: list[Row]
     setup: Callable[[Settings], dict[str, Any]] | None = None
+    max_rounds: int | None = None
 
 
 def run_side(side: Side, settings: Settings) -> dict[str, Any]:
@@ -175,6 +184,7 @@ def run_group(group: Group, settings: Settings, rounds: int, log: Callable[[str]
     sides = [s for s in group.sides if have_apple or not s.needs_apple]
     context = group.setup(settings) if group.setup is not None else {}
     results: list[dict[str, dict]] = []
+    rounds = min(rounds, group.max_rounds or rounds)
     for i in range(rounds):
         this_round = {}
         for side in sides:  # A, B, A, B: one fresh process per side per round

@@ -89,6 +89,10 @@ def trainer_arguments(config: Any, output_dir: str) -> dict[str, Any]:
         "gradient_checkpointing": train.gradient_checkpointing,
         "seed": train.seed,
         "use_cpu": True,
+        # fp32 like the elmtune side: TRL's SFTConfig defaults to bf16 autocast, which on a CPU without bf16 matmul
+        # instructions runs in torch's fallback GEMM, dozens of times slower.
+        "bf16": False,
+        "fp16": False,
         "save_strategy": "no",
         "logging_steps": 1,
         "report_to": "none",

@@ -44,6 +44,7 @@ class Settings:
     real_max_length: int = 256
     apple_code: str = ""
     workdir: str = ""
+    is_quick: bool = False
 
     def to_json(self) -> str:
         """The settings as one JSON string (a worker's command-line argument)."""
@@ -74,6 +75,7 @@ class Settings:
             examples=8,
             real_batch=2,
             real_accum=2,
+            is_quick=True,
         )
 
     def describe(self) -> str:
