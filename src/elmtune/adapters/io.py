@@ -23,7 +23,7 @@ from elmtune import __version__
 from elmtune.adapters.apply import AdapterState, adapter_state, lora_layer_mapping, reject_wrapped, wrap_with_peft
 from elmtune.adapters.config import AdapterConfig, AdapterError
 from elmtune.adapters.fused import RowSplitLinear, split_fused_modules
-from elmtune.adapters.quantized_base import quantized_weights
+from elmtune.adapters.quantized_base import QuantizedBaseRecord
 from elmtune.adapters.targets import is_openelm, layer_index
 from elmtune.models.quantize import BaseQuantization, base_quantization, quantize_linears
 
@@ -199,9 +199,9 @@ def save_adapter(model: PeftModel, out_dir: str | Path, *, base_name: str | None
         "converted_init": state.config.init if state.initial and state.config is not None else None,
         "dora_embedding_as_lora": sorted(k[len(PEFT_KEY_PREFIX) : -len(_COMPAT_SUFFIX)] for k in compat),
     }
-    quantization = base_quantization(base)
-    if quantization is not None:
-        metadata["base_quantization"] = quantization.to_dict(quantized_weights(base))
+    record = QuantizedBaseRecord.of_model(base)
+    if record is not None:
+        metadata["base_quantization"] = record.to_dict()
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return out
 

@@ -9,14 +9,11 @@ model that was trained; the merge check reads the same source for its unmerged s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from elmtune.adapters.config import AdapterError
+from elmtune.adapters.quantized_base import QuantizedBaseRecord
 from elmtune.merging.sources import TensorSource
-from elmtune.models.dtypes import resolve_dtype
 
 
 class DequantizedSource:
@@ -24,17 +21,18 @@ class DequantizedSource:
 
     Args:
         base: The full-precision base.
-        record: The adapter's ``base_quantization`` metadata: ``kind``, ``compute_dtype`` and ``weights`` (tensor key
-            -> [[start, stop], ...] row blocks quantised one by one).
+        record: The adapter's ``base_quantization``: the kind, the dtype quantised from, and the row blocks of every
+            quantised weight.
+
+    Raises:
+        AdapterError: The record names a weight, or rows, that the base lacks.
     """
 
-    def __init__(self, base: TensorSource, record: Mapping[str, Any]) -> None:
+    def __init__(self, base: TensorSource, record: QuantizedBaseRecord) -> None:
         self._base = base
-        self.kind = str(record.get("kind"))
-        if self.kind not in ("nf4", "int8"):
-            raise AdapterError(f"the adapter's base_quantization kind {self.kind!r} is not nf4 or int8")
-        self._from = resolve_dtype(str(record.get("compute_dtype", "float32"))) or torch.float32
-        self._blocks = {key: [(int(a), int(b)) for a, b in rows] for key, rows in dict(record["weights"]).items()}
+        self.kind = record.quantization.kind
+        self._from = record.quantization.compute_dtype
+        self._blocks = dict(record.weights)
         available = set(base.keys())
         for key, blocks in self._blocks.items():
             rows = [row for block in blocks for row in range(*block)]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from elmtune.adapters.config import AdapterError
+from elmtune.adapters.quantized_base import QuantizedBaseRecord
 from elmtune.merging.adapter import EMBEDDING_KEY, AdapterCheckpoint, ParsedAdapter, parse_adapter, read_adapter
 from elmtune.merging.dequantized_source import DequantizedSource
 from elmtune.merging.merge import check_adapter_fits, merged_tensors, output_specs
@@ -199,7 +200,7 @@ def _plan(base: str, adapter_dir: Path, out_dir: Path, options: MergeOptions) ->
     if record is not None:  # trained on a quantised base: merge into the weights it computed with
         if other is not None:
             raise MergeError(f"{adapter_dir} was trained on a quantised base; merging it needs an OpenELM base")
-        source = DequantizedSource(source, record)
+        source = DequantizedSource(source, QuantizedBaseRecord.from_dict(record, str(adapter_dir)))
     skeleton, keys, base_tied = _base_layout(config, other, options)
     _check_adapter(checkpoint, skeleton, adapter_dir)
     adapter = parse_adapter(checkpoint)

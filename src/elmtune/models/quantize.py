@@ -17,7 +17,6 @@ quantised base starts from these weights, so the merged model is the model that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
@@ -46,16 +45,6 @@ class BaseQuantization:
 
     kind: QuantKind
     compute_dtype: torch.dtype
-
-    def to_dict(self, modules: Mapping[str, Sequence[tuple[int, int]]]) -> dict[str, object]:
-        """JSON-ready record of this quantisation and of the weights it covered (tensor key -> row blocks)."""
-        return {
-            "kind": self.kind,
-            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
-            "block_size": NF4_BLOCK_SIZE if self.kind == "nf4" else None,
-            "double_quant": self.kind == "nf4",
-            "weights": {key: [list(rows) for rows in blocks] for key, blocks in modules.items()},
-        }
 
 
 def _version(text: str) -> tuple[int, int]:
