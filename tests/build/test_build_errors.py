@@ -80,6 +80,21 @@ def test_a_missing_tracker_package_stops_the_build_before_its_first_stage(elmtun
     assert not out.exists()
 
 
+@pytest.mark.parametrize("stage", [None, "merge"])
+def test_a_missing_model_stops_the_build_before_its_first_stage_starts(stage, elmtune, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    missing = tmp_path / "no-such-model"
+    path.write_text(yaml.safe_dump(_with(stage, model=str(missing)), sort_keys=False))
+    out = tmp_path / "build"
+    run = elmtune("build", str(path), "-o", str(out))
+    assert run.code == 1 and run.err.count("\n") == 1 and "[1/" not in run.err + run.out
+    assert run.err.startswith(f"error: model '{missing}' does not exist: it is not a local directory")
+    assert not out.exists()
+    quick = elmtune("quickstart", "--model", str(missing), "-o", str(out))
+    assert quick.code == 1 and quick.err.count("\n") == 1 and "[1/" not in quick.err + quick.out
+    assert not out.exists()
+
+
 def test_trackers_are_not_part_of_a_training_stage_fingerprint():
     from elmtune.build.fingerprint import covered_values
     from elmtune.build.recipe import parse_build_recipe

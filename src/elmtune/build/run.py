@@ -29,6 +29,7 @@ from elmtune.build.references import referenced_stage
 from elmtune.build.run_report import write_build_report
 from elmtune.build.stage_runs import run_stage
 from elmtune.finetune.trackers import require_tracker_packages
+from elmtune.models.model_names import check_model_name
 from elmtune.output_paths import check_output_dir
 
 Say = Callable[[str], None]
@@ -176,12 +177,15 @@ def run_build(
 
     Raises:
         ConfigError: ``from_stage`` names no stage, or a training stage reports to a tracker that is not installed.
+        ModelNotFoundError: A stage's model is neither a preset, an existing directory nor a hub id.
         OutputPathError: ``build_dir`` cannot hold the build.
         ElmtuneError: A stage failed (its record says so; the next run starts again at that stage).
     """
     build_dir = Path(build_dir)
     from_position = recipe.index(from_stage) if from_stage is not None else None
-    for stage in recipe.stages:  # a missing tracker package stops the build before its first stage
+    for stage in recipe.stages:  # a missing model or tracker package stops the build before its first stage
+        if referenced_stage(stage.model) is None:
+            check_model_name(stage.model)
         if stage.kind in ("sft", "dpo"):
             require_tracker_packages(stage.settings.train.report_to)
     record = open_build_dir(build_dir, overwrite=overwrite)

@@ -96,7 +96,7 @@ def _read_openelm_config(path: Path) -> Any:
 
 def _base_directory(base: str) -> Path:
     """The local directory of a base for ``low_memory``: a path, or a hub id resolved through the Hugging Face cache."""
-    from elmtune.models.loading import is_preset
+    from elmtune.models.model_names import is_preset
 
     path = Path(base).expanduser()
     if path.is_dir():

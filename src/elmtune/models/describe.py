@@ -38,7 +38,7 @@ def resolve_geometry(name: str) -> tuple[ModelGeometry, str]:
         ModelNotFoundError: Unknown name.
         ElmtuneError: The config is not an OpenELM config.
     """
-    from elmtune.models.loading import check_model_name
+    from elmtune.models.model_names import check_model_name
 
     check_model_name(name)
     path = Path(name).expanduser()
@@ -196,7 +196,7 @@ def model_table(name: str) -> Table:
     Raises:
         ModelNotFoundError: Unknown name.
     """
-    from elmtune.models.loading import check_model_name
+    from elmtune.models.model_names import check_model_name
 
     check_model_name(name)
     config_file = _local_config(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -14,8 +13,9 @@ from elmtune.errors import ModelNotFoundError
 from elmtune.models.checkpoint_files import CheckpointFilesError
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.dtypes import resolve_dtype
+from elmtune.models.model_names import check_model_name, is_preset
 from elmtune.models.modeling import OpenELMForCausalLM
-from elmtune.models.presets import PRESETS, preset_name
+from elmtune.models.presets import preset_name
 from elmtune.models.registration import register
 
 logger = logging.getLogger(__name__)
@@ -23,29 +23,6 @@ logger = logging.getLogger(__name__)
 PRESET_SEED = 0
 """Seed of a preset's random weights: ``load_model("tiny")`` is the same model in every process, so an adapter
 trained on a preset can be evaluated and merged on it later."""
-
-
-def is_preset(name: str) -> bool:
-    """Whether ``name`` is a bare preset name (``270M``, ``tiny``, ...) rather than a hub id or a path."""
-    return "/" not in name and preset_name(name) is not None and not Path(name).exists()
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}(/[A-Za-z0-9][\w.\-]{0,95})?")
-
-
-def check_model_name(name: str) -> None:
-    """Refuse a name that is neither a preset, an existing path, nor shaped like a hub id (``namespace/name``).
-
-    Raises:
-        ModelNotFoundError: One line saying which of the three the name could have been and is not.
-    """
-    if is_preset(name) or Path(name).expanduser().exists():
-        return
-    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
-        raise ModelNotFoundError(
-            f"model '{name}' does not exist: it is not a local directory, not a preset ({', '.join(PRESETS)}) and "
-            "not a hub id (namespace/name); check the path"
-        )
 
 
 def _not_found(name: str, reason: str) -> ModelNotFoundError:

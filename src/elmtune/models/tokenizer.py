@@ -74,7 +74,7 @@ def load_tokenizer(path_or_id: str | Path | None = None) -> PreTrainedTokenizerB
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from elmtune.models.loading import check_model_name
+    from elmtune.models.model_names import check_model_name
     from elmtune.models.presets import preset_name
 
     source: Path | str = bundled_tokenizer_dir()
