@@ -112,16 +112,9 @@ def profile(args: argparse.Namespace) -> None:
     print(f"batch {shape}, {targets} target tokens, loss {args.loss}")
     table = prof.key_averages(group_by_input_shape=True) if args.shapes else events
     print(table.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))
-    categories = {
-        "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
-        "attention": ("scaled_dot_product", "_flash_attention", "_efficient_attention"),
-        "softmax/loss": ("log_softmax", "softmax", "nll_loss", "cross_entropy", "logsumexp"),
-    }
-    totals = dict.fromkeys([*categories, "other"], 0.0)
-    for event in events:
-        name = event.key
-        kind = next((k for k, names in categories.items() if any(n in name for n in names)), "other")
-        totals[kind] += event.self_cpu_time_total / 1e3
+    from suite.op_categories import self_ms_by_category
+
+    totals = self_ms_by_category(events)
     whole = sum(totals.values())
     print(json.dumps({k: f"{v:.0f} ms ({v / whole:.0%})" for k, v in totals.items()}))
 
