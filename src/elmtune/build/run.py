@@ -29,7 +29,6 @@ from elmtune.build.references import referenced_stage
 from elmtune.build.run_report import write_build_report
 from elmtune.build.stage_runs import run_stage
 from elmtune.finetune.trackers import require_tracker_packages
-from elmtune.models.model_names import check_model_name
 from elmtune.output_paths import check_output_dir
 
 Say = Callable[[str], None]
@@ -153,6 +152,15 @@ def _dry_run(
     return BuildResult(build_dir, tuple(outcomes), dry_run=True)
 
 
+def _check_models(recipe: BuildRecipe, first: int) -> None:
+    """Refuse a model of a stage from ``first`` on that names nothing (imports the model package: torch)."""
+    from elmtune.models.model_names import check_model_name
+
+    for stage in recipe.stages[first:]:
+        if referenced_stage(stage.model) is None:
+            check_model_name(stage.model)
+
+
 def run_build(
     recipe: BuildRecipe,
     build_dir: str | Path,
@@ -183,15 +191,12 @@ def run_build(
     """
     build_dir = Path(build_dir)
     from_position = recipe.index(from_stage) if from_stage is not None else None
-    for stage in recipe.stages:  # a missing model or tracker package stops the build before its first stage
-        if referenced_stage(stage.model) is None:
-            check_model_name(stage.model)
+    for stage in recipe.stages:  # a missing tracker package stops the build before its first stage
         if stage.kind in ("sft", "dpo"):
             require_tracker_packages(stage.settings.train.report_to)
     record = open_build_dir(build_dir, overwrite=overwrite)
     if dry_run:
         return _dry_run(recipe, build_dir, record, from_position, say)
-    build_dir.mkdir(parents=True, exist_ok=True)
     names = {stage.name for stage in recipe.stages}
     record = BuildRecord(
         recipe=recipe.source,
@@ -207,6 +212,9 @@ def run_build(
             say(f"{_clock()} {head}: skip ({plan.reason})")
             outcomes.append(StageOutcome(stage.name, "skip", plan.reason, plan.output))
             continue
+        if not rebuilt:  # the first stage to run: a missing model stops the build before it starts
+            _check_models(recipe, position)
+            build_dir.mkdir(parents=True, exist_ok=True)
         say(f"{_clock()} {head}: {'resume' if plan.action == 'resume' else 'start'} ({plan.reason})")
         seconds, summary = _run_recorded(plan, record, build_dir, recipe)
         rebuilt.append(stage.name)
@@ -214,6 +222,7 @@ def run_build(
         if summary:
             say("\n".join(f"    {line}" for line in summary.splitlines()))
         outcomes.append(StageOutcome(stage.name, plan.action, plan.reason, plan.output, seconds))
+    build_dir.mkdir(parents=True, exist_ok=True)
     record.save(build_dir)
     write_build_report(build_dir)  # after every stage's output is published: they stay intact
     return BuildResult(build_dir, tuple(outcomes))
