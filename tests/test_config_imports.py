@@ -14,6 +14,9 @@ CONFIG_MODULES = [
     "elmtune.recipe_yaml",
     "elmtune.build.recipe",
     "elmtune.merging.options",
+    "elmtune.models.presets",
+    "elmtune.models.geometry",
+    "elmtune.models.model_names",
 ]
 HEAVY = ("torch", "transformers", "peft", "accelerate")
 
@@ -30,8 +33,10 @@ def test_lazy_package_exports_still_resolve():
     import elmtune.adapters
     import elmtune.datasets
     import elmtune.evaluation
+    import elmtune.merging
+    import elmtune.models
 
-    for package in (elmtune.adapters, elmtune.datasets, elmtune.evaluation):
+    for package in (elmtune.adapters, elmtune.datasets, elmtune.evaluation, elmtune.merging, elmtune.models):
         missing = [name for name in package.__all__ if not hasattr(package, name)]
         assert not missing, f"{package.__name__} exports names it cannot provide: {missing}"
         assert set(package.__all__) <= set(dir(package))

@@ -2,28 +2,24 @@
 
 ``import elmtune`` registers ``model_type="openelm"`` with ``AutoConfig`` and ``AutoModelForCausalLM``; this package
 imports no Auto class at import time, because that registration may run while transformers imports them.
+
+Public names load on first use (:mod:`elmtune.lazy_exports`), so the torch-free modules (``presets``, ``geometry``,
+``model_names``) can be imported without torch.
 """
 
-from elmtune.models.configuration import OpenELMConfig
-from elmtune.models.dtypes import resolve_dtype
-from elmtune.models.geometry import LayerGeometry, ModelGeometry, geometry_from_dict
-from elmtune.models.loading import load_model
-from elmtune.models.modeling import CACHE_FIELD, OpenELMForCausalLM, OpenELMModel, saved_keys
-from elmtune.models.registration import register
-from elmtune.models.tokenizer import PAD_TOKEN_ID, load_tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "CACHE_FIELD",
-    "PAD_TOKEN_ID",
-    "LayerGeometry",
-    "ModelGeometry",
-    "OpenELMConfig",
-    "OpenELMForCausalLM",
-    "OpenELMModel",
-    "geometry_from_dict",
-    "load_model",
-    "load_tokenizer",
-    "register",
-    "resolve_dtype",
-    "saved_keys",
-]
+from elmtune.lazy_exports import export_names, lazy_exports
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "configuration": ("OpenELMConfig",),
+    "dtypes": ("resolve_dtype",),
+    "geometry": ("LayerGeometry", "ModelGeometry", "geometry_from_dict"),
+    "loading": ("load_model",),
+    "modeling": ("CACHE_FIELD", "OpenELMForCausalLM", "OpenELMModel", "saved_keys"),
+    "registration": ("register",),
+    "tokenizer": ("PAD_TOKEN_ID", "load_tokenizer"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = export_names(_EXPORTS)
