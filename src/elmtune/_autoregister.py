@@ -7,7 +7,9 @@ as soon as a user reaches for them.
 So: if transformers' auto modules are already imported, register now. Otherwise watch transformers' own imports
 (a meta-path finder that wraps the loaders of ``transformers.*`` modules) and register at the first moment when an
 auto module has been loaded and no transformers module is still executing. Registering earlier, from inside a
-half-finished transformers import, would hit transformers' circular imports. Once done, the finder removes itself.
+half-finished transformers import, would hit transformers' circular imports. elmtune's own model modules are watched
+the same way: importing ``elmtune.models.modeling`` first imports transformers, whose auto modules must not register
+a class that module has not defined yet. Once done, the finder removes itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ import sys
 from types import ModuleType
 
 _TRIGGERS = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
+_REGISTERED_MODULES = ("elmtune.models.configuration", "elmtune.models.modeling")
+"""The modules that define the registered classes: no registration while one of them is executing."""
+
+
+def _watched(fullname: str) -> bool:
+    return fullname.startswith("transformers.") or fullname in _REGISTERED_MODULES
 
 
 def _register() -> None:
@@ -34,6 +42,9 @@ class _TrackedLoader(importlib.abc.Loader):
         self._loader = loader
         self._watcher = watcher
 
+    def __getattr__(self, name: str) -> object:  # get_source, is_package...: the wrapped loader's
+        return getattr(self._loader, name)
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         """Create the module as the wrapped loader does."""
         return self._loader.create_module(spec)
@@ -49,7 +60,7 @@ class _TrackedLoader(importlib.abc.Loader):
 
 
 class _TransformersImportWatcher(importlib.abc.MetaPathFinder):
-    """Wraps the loaders of ``transformers.*`` modules until OpenELM is registered."""
+    """Wraps the loaders of ``transformers.*`` modules (and elmtune's model modules) until OpenELM is registered."""
 
     def __init__(self) -> None:
         self.depth = 0
@@ -57,7 +68,7 @@ class _TransformersImportWatcher(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201 - importlib protocol
         """The spec the other finders give a ``transformers.*`` module, its loader wrapped; None for anything else."""
-        if not fullname.startswith("transformers.") or self._registering:
+        if not _watched(fullname) or self._registering:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
