@@ -40,6 +40,37 @@ def test_low_memory_merge_is_bit_identical_to_in_memory(setup: tuple[Path, Path]
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_merge_in_row_blocks_equals_peft_merge_and_unload(
+    tmp_path: Path, trained_adapter, monkeypatch: pytest.MonkeyPatch, method: str
+):
+    """Blocks of a few rows (sub-projections, whole Linears, the embedding), written into the tensor read from disk."""
+    from elmtune.merging import merge
+
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).save_pretrained(base_dir)
+    targets = ("q", "v", "proj_2", "token_embeddings")
+    adapter = trained_adapter(base_dir, tmp_path / "adapter", seed=7, method=method, r=4, alpha=8, targets=targets)
+    monkeypatch.setattr(merge, "CHUNK_BYTES", 6 * 4 * 128)  # six rows of a 128-wide fp32 weight
+    calls = []
+    real = merge.target_delta
+    monkeypatch.setattr(merge, "target_delta", lambda *args: calls.append(1) or real(*args))
+    options = MergeOptions(dtype="fp32", verify=False, low_memory=True)
+    saved = load_file(merge_to_directory(base_dir, adapter, tmp_path / "merged", options).path / "model.safetensors")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_merged = load_adapter(load_model(base_dir), adapter).merge_and_unload()
+    fuse_split_modules(peft_merged)
+    expected = {k: peft_merged.state_dict()[k] for k in saved_keys(peft_merged)}
+    assert set(saved) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value.float(), atol=1e-6, rtol=0, msg=key)
+    layers = OpenELMConfig.from_preset("tiny").num_transformer_layers
+    assert len(calls) > 10 * 3 * layers  # every target in many blocks, not one update per target
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
 @pytest.mark.parametrize("targets", [("out_proj", "proj_2"), ("q", "v", "gate")], ids=["whole", "sub-projections"])
 def test_low_memory_merge_equals_peft_merge_and_unload(
     tmp_path: Path, trained_adapter, method: str, targets: tuple[str, ...]

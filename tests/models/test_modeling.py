@@ -117,6 +117,10 @@ def test_loss_is_shifted_cross_entropy_with_ignore_index(tiny_model):
     out = tiny_model(ids, labels=labels)
     expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 32000), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert torch.allclose(out.loss, expected)
+    summed = F.cross_entropy(
+        out.logits[:, :-1].reshape(-1, 32000), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert torch.allclose(tiny_model(ids, labels=labels, num_items_in_batch=7).loss, summed / 7)
     assert torch.allclose(tiny_model(ids, logits_to_keep=3).logits, out.logits[:, -3:], atol=1e-5)
 
 

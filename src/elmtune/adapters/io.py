@@ -20,6 +20,15 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from elmtune import __version__
+from elmtune.adapters.adapter_dir import (
+    METADATA_FILE,
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    PEFT_KEY_PREFIX,
+    WEIGHTS_FILE,
+    check_adapter_dir,
+    read_metadata,
+)
 from elmtune.adapters.apply import AdapterState, adapter_state, lora_layer_mapping, reject_wrapped, wrap_with_peft
 from elmtune.adapters.config import AdapterConfig, AdapterError
 from elmtune.adapters.fused import RowSplitLinear, split_fused_modules
@@ -27,13 +36,6 @@ from elmtune.adapters.quantized_base import QuantizedBaseRecord
 from elmtune.adapters.targets import is_openelm, layer_index
 from elmtune.models.quantize import BaseQuantization, base_quantization, quantize_linears
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-METADATA_FILE = "elmtune_adapter.json"
-METADATA_FORMAT = "elmtune-adapter"
-METADATA_VERSION = 1
-PEFT_KEY_PREFIX = "base_model.model."
-"""The prefix peft gives every key of a saved adapter's tensors."""
 _COMPAT_SUFFIX = ".lora_magnitude_vector"
 
 
@@ -206,44 +208,6 @@ def save_adapter(model: PeftModel, out_dir: str | Path, *, base_name: str | None
     return out
 
 
-def read_metadata(adapter_dir: str | Path) -> dict[str, Any] | None:
-    """Read the elmtune metadata of an adapter directory.
-
-    Returns:
-        The metadata, or None for an adapter saved by plain peft.
-
-    Raises:
-        AdapterError: The file is not elmtune adapter metadata, or was written by a newer format version.
-    """
-    path = Path(adapter_dir) / METADATA_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    if data.get("format") != METADATA_FORMAT:
-        raise AdapterError(f"{path} is not an elmtune adapter metadata file")
-    if int(data.get("version", 0)) > METADATA_VERSION:
-        raise AdapterError(f"{path} was written by a newer elmtune (format {data['version']}); upgrade elmtune")
-    return data
-
-
-def check_adapter_dir(adapter_dir: str | Path) -> Path:
-    """Validate that a directory holds a PEFT adapter in safetensors format.
-
-    Raises:
-        AdapterError: Missing directory or files, or only a pickle (``.bin``) checkpoint.
-    """
-    path = Path(adapter_dir)
-    if not path.is_dir():
-        raise AdapterError(f"adapter directory {path} does not exist")
-    if not (path / CONFIG_FILE).is_file():
-        raise AdapterError(f"{path} has no {CONFIG_FILE}; is it an adapter directory?")
-    if not (path / WEIGHTS_FILE).is_file():
-        if (path / "adapter_model.bin").is_file():
-            raise AdapterError(f"{path} holds a pickle checkpoint (adapter_model.bin); only safetensors are loaded")
-        raise AdapterError(f"{path} has no {WEIGHTS_FILE}")
-    return path
-
-
 def attach_adapter_from_dir(
     base_model: nn.Module,
     adapter_dir: str | Path,
@@ -369,18 +333,12 @@ def load_adapter(
 
 
 __all__ = [
-    "CONFIG_FILE",
-    "METADATA_FILE",
-    "PEFT_KEY_PREFIX",
-    "WEIGHTS_FILE",
     "attach_adapter_from_dir",
     "base_model_of",
     "base_signature",
-    "check_adapter_dir",
     "check_signature",
     "load_adapter",
     "load_frozen_copy",
-    "read_metadata",
     "row_blocks_of",
     "save_adapter",
 ]

@@ -11,9 +11,9 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
+from elmtune.adapters.adapter_dir import PEFT_KEY_PREFIX
 from elmtune.adapters.apply import adapter_state
 from elmtune.adapters.config import AdapterError
-from elmtune.adapters.io import PEFT_KEY_PREFIX
 from elmtune.adapters.targets import layer_index
 
 

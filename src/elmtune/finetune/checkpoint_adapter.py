@@ -19,8 +19,8 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
+from elmtune.adapters.adapter_dir import WEIGHTS_FILE
 from elmtune.adapters.apply import adapter_state
-from elmtune.adapters.io import WEIGHTS_FILE
 from elmtune.errors import ElmtuneError
 
 

@@ -20,7 +20,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from elmtune.adapters.io import CONFIG_FILE, WEIGHTS_FILE
+from elmtune.adapters.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from elmtune.file_digest import sha256_file
 
 MANIFEST = "manifest.json"

@@ -44,7 +44,7 @@ def _saved_adapter_config(adapter_dir: Path) -> AdapterConfig:
     Raises:
         ElmtuneError: Not an adapter directory, no elmtune metadata, or an adapter saved converted (PiSSA/OLoRA).
     """
-    from elmtune.adapters.io import check_adapter_dir, read_metadata
+    from elmtune.adapters.adapter_dir import check_adapter_dir, read_metadata
 
     check_adapter_dir(adapter_dir)
     metadata = read_metadata(adapter_dir)

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft.utils.other import get_pattern_key
 
+from elmtune.adapters.adapter_dir import PEFT_KEY_PREFIX
 from elmtune.adapters.config import AdapterError
-from elmtune.adapters.io import PEFT_KEY_PREFIX
 
 EMBEDDING_KEY = "transformer.token_embeddings.weight"
 """OpenELM's token embedding (also the output head while the head is tied)."""
@@ -51,7 +50,7 @@ def read_adapter(adapter_dir: str | Path) -> AdapterCheckpoint:
     Raises:
         AdapterError: Missing files or a pickle checkpoint.
     """
-    from elmtune.adapters.io import CONFIG_FILE, WEIGHTS_FILE, check_adapter_dir, read_metadata
+    from elmtune.adapters.adapter_dir import CONFIG_FILE, WEIGHTS_FILE, check_adapter_dir, read_metadata
     from elmtune.models.checkpoint_files import read_safetensors
 
     path = check_adapter_dir(adapter_dir)
@@ -135,8 +134,12 @@ class ParsedAdapter:
 
 def _lora_scale(peft_config: Mapping[str, Any], module: str, rank: int) -> float:
     """The scaling peft gives ``module``: ``alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA), ``alpha_pattern`` applied."""
+    alpha = peft_config["lora_alpha"]
     alpha_pattern = peft_config.get("alpha_pattern") or {}
-    alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), peft_config["lora_alpha"])
+    if alpha_pattern:  # peft's own pattern matching (importing peft costs seconds; most adapters have no pattern)
+        from peft.utils.other import get_pattern_key
+
+        alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), alpha)
     return alpha / math.sqrt(rank) if peft_config.get("use_rslora") else alpha / rank
 
 

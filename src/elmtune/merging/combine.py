@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 
 from elmtune import __version__
+from elmtune.adapters.adapter_dir import PEFT_KEY_PREFIX
 from elmtune.adapters.config import AdapterError
-from elmtune.adapters.io import PEFT_KEY_PREFIX
 from elmtune.merging.adapter import AdapterCheckpoint, AdapterTarget, parse_adapter, read_adapter
 from elmtune.merging.combine_report import COMBINE_REPORT_FILE, combine_record, write_combine_report
 
@@ -347,7 +347,7 @@ def combine_adapters(
     """
     from safetensors.torch import save_file
 
-    from elmtune.adapters.io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
+    from elmtune.adapters.adapter_dir import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
     from elmtune.output_paths import StagedDirectory
 
     paths = [Path(d).expanduser() for d in adapter_dirs]

@@ -30,6 +30,7 @@ class DequantizedSource:
 
     def __init__(self, base: TensorSource, record: QuantizedBaseRecord) -> None:
         self._base = base
+        self.hands_out_copies = base.hands_out_copies  # dequantised tensors are new; the others are the base's
         self.kind = record.quantization.kind
         self._from = record.quantization.compute_dtype
         self._blocks = dict(record.weights)

@@ -20,6 +20,7 @@ the output dtype, so the merged model's head is exactly the one the unmerged ada
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import torch
 
@@ -132,12 +133,34 @@ def target_delta(target: AdapterTarget, base: torch.Tensor, fan_in_fan_out: bool
     return delta.contiguous()
 
 
+CHUNK_BYTES = 2**20
+"""fp32 bytes of base rows merged at a time: the update of a large tensor (the embedding) is never whole."""
+
+
+def _rows_chunkable(target: AdapterTarget, fan_in_fan_out: bool) -> bool:
+    """Whether rows of ``target``'s block merge independently (DoRA norms across rows need the whole block)."""
+    across_rows = target.embedding or fan_in_fan_out  # the base's rows are A's columns; DoRA normalises columns
+    return target.magnitude is None or not across_rows
+
+
+def _target_rows(target: AdapterTarget, start: int, stop: int, fan_in_fan_out: bool) -> AdapterTarget:
+    """The part of ``target`` that updates rows ``start:stop`` of its block (in the base tensor's layout)."""
+    if target.embedding or fan_in_fan_out:  # update (B·A)ᵀ: the block's rows are A's columns
+        return replace(target, a=target.a[:, start:stop])
+    magnitude = None if target.magnitude is None else target.magnitude[start:stop]
+    return replace(target, b=target.b[start:stop], magnitude=magnitude)
+
+
 @torch.no_grad()
-def merge_tensor(source: TensorSource, adapter: ParsedAdapter, key: str, dtype: torch.dtype) -> torch.Tensor:
+def merge_tensor(
+    source: TensorSource, adapter: ParsedAdapter, key: str, dtype: torch.dtype, chunk_bytes: int | None = None
+) -> torch.Tensor:
     """The merged value of one base tensor, rounded once to ``dtype``.
 
     Adapted rows are ``round(fp32(W) + fp32 update)``; other rows and tensors are ``W`` cast to ``dtype``; a trained
-    norm saved with the adapter replaces the base tensor (cast to ``dtype``).
+    norm saved with the adapter replaces the base tensor (cast to ``dtype``). Rows are merged ``chunk_bytes`` of fp32
+    at a time (default :data:`CHUNK_BYTES`), into the tensor the source handed out when it is a private copy already in
+    ``dtype``.
 
     Raises:
         AdapterError: A replacement or an update whose shape differs from the base tensor.
@@ -149,14 +172,21 @@ def merge_tensor(source: TensorSource, adapter: ParsedAdapter, key: str, dtype: 
         return replacement.to(dtype)
     base = source.get(key)
     targets = adapter.targets_of(key)
-    merged = base.to(dtype, copy=bool(targets))  # a copy only when rows are written into it
+    if not targets:
+        return base.to(dtype)
+    in_place = source.hands_out_copies and base.dtype == dtype
+    merged = base if in_place else base.to(dtype, copy=True)  # (rows, ...) written block by block
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    row_bytes = 4 * max(1, base[0].numel()) if base.dim() else 4
     for target in targets:
-        if target.rows is None:
-            merged = (base.float() + target_delta(target, base, adapter.fan_in_fan_out)).to(dtype)
-        else:
-            start, stop = target.rows
-            rows = base[start:stop]
-            merged[start:stop] = (rows.float() + target_delta(target, rows, adapter.fan_in_fan_out)).to(dtype)
+        start, stop = target.rows if target.rows is not None else (0, base.shape[0])
+        step = max(1, chunk_bytes // row_bytes) if _rows_chunkable(target, adapter.fan_in_fan_out) else stop - start
+        for first in range(0, stop - start, step):
+            last = min(first + step, stop - start)
+            part = _target_rows(target, first, last, adapter.fan_in_fan_out) if step < stop - start else target
+            rows = base[start + first : start + last]  # (chunk, ...): read before it is overwritten
+            update = target_delta(part, rows, adapter.fan_in_fan_out)  # fp32 (chunk, ...)
+            merged[start + first : start + last] = (rows.float() + update).to(dtype)
     return merged
 
 
@@ -175,6 +205,7 @@ def merged_tensors(
 
 
 __all__ = [
+    "CHUNK_BYTES",
     "HEAD_KEY",
     "check_adapter_fits",
     "merge_tensor",

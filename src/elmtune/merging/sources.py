@@ -18,7 +18,13 @@ from elmtune.models.checkpoint_files import SafetensorsSource
 
 
 class TensorSource(Protocol):
-    """Read access to a checkpoint, one tensor at a time."""
+    """Read access to a checkpoint, one tensor at a time.
+
+    Attributes:
+        hands_out_copies: Whether :meth:`get` returns a tensor nobody else holds (a merge may then write into it).
+    """
+
+    hands_out_copies: bool
 
     def keys(self) -> list[str]:
         """Every key, in storage order."""
@@ -43,6 +49,8 @@ class StateDictSource:
     Args:
         state_dict: Key -> tensor, in storage order.
     """
+
+    hands_out_copies = False  # the model's own tensors
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self._tensors = dict(state_dict)
@@ -71,6 +79,8 @@ class OverlaySource:
         base: The source read for every key not in ``replacements``.
         replacements: Key -> tensor served instead of the base's.
     """
+
+    hands_out_copies = False  # the replacements are the adapter's own tensors
 
     def __init__(self, base: TensorSource, replacements: Mapping[str, torch.Tensor]) -> None:
         self._base = base

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,27 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise _corrupt(path, err) from None
 
 
+def data_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Key -> ``(start, stop)`` byte offsets of its data in the file, from the safetensors header.
+
+    The layout: an 8-byte little-endian header length, the JSON header (``data_offsets`` relative to its end), data.
+
+    Raises:
+        CheckpointFilesError: The header cannot be read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return {
+            key: (8 + length + entry["data_offsets"][0], 8 + length + entry["data_offsets"][1])
+            for key, entry in header.items()
+            if key != "__metadata__"
+        }
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError) as err:
+        raise _corrupt(path, err) from None
+
+
 def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
     """Key -> the safetensors file that holds it, from the shard index or the single ``model.safetensors``.
 
@@ -95,7 +117,8 @@ def checkpoint_files(model_dir: str | Path) -> dict[str, Path]:
 class SafetensorsSource:
     """Keys, shapes and dtypes of a checkpoint's safetensors files, read from the headers alone.
 
-    :meth:`get` opens the file, copies one tensor and closes it, so no memory map of the checkpoint stays resident.
+    :meth:`get` reads one tensor's bytes into new memory and closes the file: no memory map of the checkpoint is
+    made, so a streaming reader's resident memory is the tensor it holds.
 
     Args:
         files: Key -> file (see :func:`checkpoint_files`).
@@ -104,8 +127,11 @@ class SafetensorsSource:
         CheckpointFilesError: A file lacks a key the index gives it, or a tensor is not F32, F16 or BF16.
     """
 
+    hands_out_copies = True  # every get copies out of the file
+
     def __init__(self, files: Mapping[str, Path]) -> None:
         self._files = dict(files)
+        self._offsets: dict[Path, dict[str, tuple[int, int]]] = {}  # per file, read on first use
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         by_file: dict[Path, list[str]] = {}
         for key, file in self._files.items():
@@ -144,10 +170,29 @@ class SafetensorsSource:
         return self._files[key]
 
     def get(self, key: str) -> torch.Tensor:
-        """Tensor ``key`` in its stored dtype, copied out of the file (the file is closed again)."""
-        with open_safetensors(self._files[key]) as handle:
-            tensor = handle.get_tensor(key)
-        return tensor.clone()  # own memory: nothing keeps the file mapped
+        """Tensor ``key`` in its stored dtype, read from the file into new memory (no memory map: only the tensor).
+
+        Raises:
+            CheckpointFilesError: The file ends before the tensor's data does.
+        """
+        file = self._files[key]
+        if file not in self._offsets:
+            self._offsets[file] = data_offsets(file)
+        start, stop = self._offsets[file][key]
+        shape, dtype = self._info[key]
+        tensor = torch.empty(shape, dtype=dtype)
+        data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # the tensor's bytes (little-endian)
+        if stop - start != len(data):
+            raise _corrupt(file, ValueError(f"{key} holds {stop - start} bytes, its shape needs {len(data)}"))
+        with open(file, "rb") as handle:
+            handle.seek(start)
+            done = 0
+            while done < len(data):
+                count = handle.readinto(data[done:])
+                if not count:
+                    raise _corrupt(file, EOFError(f"the file ends inside {key}"))
+                done += count
+        return tensor
 
 
 __all__ = [
@@ -157,6 +202,7 @@ __all__ = [
     "CheckpointFilesError",
     "SafetensorsSource",
     "checkpoint_files",
+    "data_offsets",
     "open_safetensors",
     "read_safetensors",
 ]

@@ -319,12 +319,14 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+            # Shift the labels, not the logits: position t predicts token t + 1, and the last position predicts
+            # nothing (-100). Slicing the logits instead would copy the (B, L-1, V) tensor forward and backward.
+            flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*L, vocab)
+            targets = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(flat_logits.device)  # (B*L,)
             if num_items_in_batch is None:
-                loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+                loss = F.cross_entropy(flat_logits, targets, ignore_index=-100)
             else:
-                loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+                loss = F.cross_entropy(flat_logits, targets, ignore_index=-100, reduction="sum")
                 loss = loss / num_items_in_batch
         output = CausalLMOutputWithPast(
             loss=loss,
