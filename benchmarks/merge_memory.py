@@ -4,7 +4,8 @@ For every preset this builds a base checkpoint with random weights (``save_pretr
 adapter with non-zero B on Apple's targets (``apple``: qkv_proj, out_proj, proj_1, proj_2 and the token embedding),
 then runs ``elmtune merge`` in a fresh child process per mode: in memory and ``--low-memory``, each with the merge
 check and with ``--no-verify``. Each child reads its own peak resident memory (Linux ``VmHWM``) when the command ends.
-Two more children give the scale: ``import`` (Python, torch and elmtune's merge modules: the floor) and
+Two more children give the scale: ``import`` (Python, torch, transformers and the modules ``elmtune merge`` has
+imported when it reads its first tensor: the floor) and
 ``load_model`` (the whole base resident). The low-memory promise is a peak near the floor plus a small multiple of
 the largest tensor plus the adapter, whatever the model size.
 
@@ -52,8 +53,8 @@ if mode == "build":
             if "lora_B" in name or "lora_embedding_A" in name:  # as after training: the update is not zero
                 param.add_((torch.randn(param.shape, generator=generator) * 1e-3).to(param))
     save_adapter(peft_model, adapter_dir, base_name=preset)
-elif mode == "import":
-    import elmtune.merging.run, elmtune.merging.verify, elmtune.models  # noqa: F401
+elif mode == "import":  # what `elmtune merge` has imported when it reads its first tensor
+    import elmtune.cli.app, elmtune.merging.run, elmtune.merging.verify, elmtune.models.modeling  # noqa: F401
 elif mode == "load":
     from elmtune.models import load_model
     model = load_model(args[0])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import Cache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from elmtune.adapters.base_signature import base_model_of
 from elmtune.evaluation.batching import Batcher
 from elmtune.evaluation.config import BatchSize, Layout
 from elmtune.evaluation.data import ChoiceScore, Question
@@ -59,12 +60,6 @@ def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase 
     if isinstance(limit, int) and 0 < limit < 10**9:
         return limit
     return DEFAULT_MAX_LENGTH
-
-
-def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def supports_shared_prefix(model: torch.nn.Module) -> bool | None:

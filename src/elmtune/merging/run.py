@@ -132,7 +132,7 @@ def _open_base(base: str, low_memory: bool) -> tuple[Any, TensorSource, Path | N
 
 def _check_adapter(checkpoint: AdapterCheckpoint, skeleton: torch.nn.Module, adapter_dir: Path) -> None:
     """Refuse an adapter of another kind than LoRA/DoRA, or one trained on a base of another geometry."""
-    from elmtune.adapters.io import check_signature
+    from elmtune.adapters.base_signature import check_signature
 
     peft_type = str(checkpoint.peft_config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
