@@ -14,8 +14,7 @@ from typing import Any
 START = "<!-- benchmark-table:start -->"
 END = "<!-- benchmark-table:end -->"
 NOT_MEASURED = (
-    ("`elmtune plan` prediction vs measured peak RSS", "measured CPU peak RSS, 6 settings", "within 15%"),
-    ("QLoRA (4-bit / 8-bit base)", "bitsandbytes", "report"),
+    ("CUDA: LoRA tokens/s and peak memory; QLoRA (4-bit base) on 3B", "a GPU (none lent to this machine)", "report"),
 )
 
 
