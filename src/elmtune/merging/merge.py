@@ -19,6 +19,7 @@ the output dtype, so the merged model's head is exactly the one the unmerged ada
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -177,13 +178,14 @@ def merge_tensor(
     in_place = source.hands_out_copies and base.dtype == dtype
     merged = base if in_place else base.to(dtype, copy=True)  # (rows, ...) written block by block
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    row_bytes = 4 * max(1, base[0].numel()) if base.dim() else 4
+    row_bytes = 4 * max(1, math.prod(base.shape[1:]))  # fp32 bytes of one row
     for target in targets:
         start, stop = target.rows if target.rows is not None else (0, base.shape[0])
-        step = max(1, chunk_bytes // row_bytes) if _rows_chunkable(target, adapter.fan_in_fan_out) else stop - start
-        for first in range(0, stop - start, step):
-            last = min(first + step, stop - start)
-            part = _target_rows(target, first, last, adapter.fan_in_fan_out) if step < stop - start else target
+        whole = stop - start
+        step = max(1, chunk_bytes // row_bytes if _rows_chunkable(target, adapter.fan_in_fan_out) else whole)
+        for first in range(0, whole, step):
+            last = min(first + step, whole)
+            part = _target_rows(target, first, last, adapter.fan_in_fan_out) if step < whole else target
             rows = base[start + first : start + last]  # (chunk, ...): read before it is overwritten
             update = target_delta(part, rows, adapter.fan_in_fan_out)  # fp32 (chunk, ...)
             merged[start + first : start + last] = (rows.float() + update).to(dtype)
