@@ -29,6 +29,7 @@ from elmtune.build.references import referenced_stage
 from elmtune.build.run_report import write_build_report
 from elmtune.build.stage_runs import run_stage
 from elmtune.finetune.trackers import require_tracker_packages
+from elmtune.models.model_names import check_model_name
 from elmtune.output_paths import check_output_dir
 
 Say = Callable[[str], None]
@@ -153,9 +154,7 @@ def _dry_run(
 
 
 def _check_models(recipe: BuildRecipe, first: int) -> None:
-    """Refuse a model of a stage from ``first`` on that names nothing (imports the model package: torch)."""
-    from elmtune.models.model_names import check_model_name
-
+    """Refuse a model of a stage from ``first`` on that names nothing (a preset, a local directory or a hub id)."""
     for stage in recipe.stages[first:]:
         if referenced_stage(stage.model) is None:
             check_model_name(stage.model)

@@ -131,12 +131,13 @@ class SafetensorsSource:
 
     def __init__(self, files: Mapping[str, Path]) -> None:
         self._files = dict(files)
-        self._offsets: dict[Path, dict[str, tuple[int, int]]] = {}  # per file, read on first use
+        self._spans: dict[str, tuple[int, int]] = {}  # key -> (start, stop) bytes of its data in its file
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         by_file: dict[Path, list[str]] = {}
         for key, file in self._files.items():
             by_file.setdefault(file, []).append(key)
         for file, keys in by_file.items():
+            spans = data_offsets(file)
             with open_safetensors(file) as handle:
                 present = set(handle.keys())
                 for key in keys:
@@ -147,6 +148,7 @@ class SafetensorsSource:
                     if code not in _CODE_DTYPES:
                         raise CheckpointFilesError(f"{key} is {code}; only F32, F16 and BF16 checkpoints are read")
                     self._info[key] = (tuple(view.get_shape()), _CODE_DTYPES[code])
+                    self._spans[key] = spans[key]
 
     @classmethod
     def from_directory(cls, model_dir: str | Path) -> SafetensorsSource:
@@ -176,9 +178,7 @@ class SafetensorsSource:
             CheckpointFilesError: The file ends before the tensor's data does.
         """
         file = self._files[key]
-        if file not in self._offsets:
-            self._offsets[file] = data_offsets(file)
-        start, stop = self._offsets[file][key]
+        start, stop = self._spans[key]
         shape, dtype = self._info[key]
         tensor = torch.empty(shape, dtype=dtype)
         data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # the tensor's bytes (little-endian)
