@@ -17,6 +17,7 @@ from elmtune.adapters import apply_adapter  # noqa: E402
 from elmtune.adapters.config import AdapterConfig  # noqa: E402
 from elmtune.errors import ConfigError  # noqa: E402
 from elmtune.models.device import plan_precision  # noqa: E402
+from elmtune.models.linear import OpenELMLinear  # noqa: E402
 from elmtune.models.quantize import BaseQuantization, quantize_linears  # noqa: E402
 
 NF4 = BaseQuantization("nf4", torch.float32)
@@ -39,7 +40,7 @@ def _dequantized_tiny(make_tiny, quantised: nn.Module) -> nn.Module:
     split = {n: m.row_ranges() for n, m in quantised.base_model.model.named_modules() if isinstance(m, RowSplitLinear)}
     with torch.no_grad():
         for name, module in model.named_modules():
-            if type(module) is nn.Linear and not name.endswith("lm_head"):
+            if isinstance(module, OpenELMLinear) and not name.endswith("lm_head"):
                 blocks = split.get(name, {"all": (0, module.out_features)}).values()
                 module.weight.copy_(torch.cat([_nf4_round_trip(module.weight[a:b]) for a, b in blocks]))
     return model
@@ -55,7 +56,7 @@ def _adapted(model: nn.Module, quantization: BaseQuantization | None, perturb, *
 
 def test_only_the_linears_are_quantised_within_nf4_error(make_tiny):
     model = make_tiny()
-    originals = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
+    originals = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, OpenELMLinear)}
     embedding = model.get_input_embeddings().weight.detach().clone()
     names = quantize_linears(model, NF4)
     assert names and set(names) == {n for n in originals if not n.endswith("lm_head")}
@@ -83,7 +84,7 @@ def test_quantised_adapter_equals_an_fp32_model_on_the_dequantised_weights(make_
         reference = apply_adapter(reference, AdapterConfig(**SUB_PROJECTIONS)).eval()
     with torch.no_grad():
         for name, module in reference.base_model.model.named_modules():
-            if type(module) is nn.Linear and not name.endswith("lm_head") and "lora_" not in name:
+            if isinstance(module, OpenELMLinear) and not name.endswith("lm_head") and "lora_" not in name:
                 module.weight.copy_(_nf4_round_trip(module.weight))  # each split row block on its own
     set_peft_model_state_dict(reference, get_peft_model_state_dict(quantised))
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 ``qkv_proj`` holds the rows Q | K | V and ``proj_1`` the rows gate | up. To adapt only some of them (the classic
 "q,v" LoRA), the fused Linear is replaced by a :class:`RowSplitLinear` whose children (``qkv_proj.q``,
-``qkv_proj.k``, ``qkv_proj.v``) are plain ``nn.Linear`` modules holding copies of the fused weight's rows; its output
+``qkv_proj.k``, ``qkv_proj.v``) are Linear modules of the fused one's class holding copies of its rows; its output
 is the concatenation of the children's outputs, i.e. the fused output. peft then targets the chosen children as
 ordinary Linears, so only their rows get an adapter. :func:`fuse_split_modules` turns every split module back into
 one Linear whose weight is the row concatenation of the children (bit-exact), i.e. Apple's key layout.
@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from elmtune.models.linear import OpenELMLinear
 
 
 class RowSplitLinear(nn.Module):
@@ -47,9 +49,10 @@ class RowSplitLinear(nn.Module):
             expected = stop
         if expected != linear.out_features:
             raise ValueError(f"blocks cover {expected} rows, the Linear has {linear.out_features}")
+        kind = OpenELMLinear if isinstance(linear, OpenELMLinear) else nn.Linear
         blocks: dict[str, nn.Module] = {}
         for name, (start, stop) in rows.items():
-            child = nn.Linear(linear.in_features, stop - start, bias=linear.bias is not None, device="meta")
+            child = kind(linear.in_features, stop - start, bias=linear.bias is not None, device="meta")
             weight = linear.weight.data[start:stop].clone()  # (rows_b, in)
             child.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
             if linear.bias is not None:
@@ -98,7 +101,8 @@ class RowSplitLinear(nn.Module):
             raise ValueError("merge or unload the adapters before fusing the row blocks back")
         weight = torch.cat([c.weight.data for c in children], dim=0)  # (out, in)
         has_bias = children[0].bias is not None
-        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
+        kind = OpenELMLinear if all(isinstance(c, OpenELMLinear) for c in children) else nn.Linear
+        fused = kind(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
         fused.weight = nn.Parameter(weight, requires_grad=children[0].weight.requires_grad)
         if has_bias:
             fused.bias = nn.Parameter(torch.cat([c.bias.data for c in children]), requires_grad=False)

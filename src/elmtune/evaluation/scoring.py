@@ -35,6 +35,7 @@ from elmtune.evaluation.rows import (
     packed_mask,
     plan_rows,
 )
+from elmtune.models.linear import linear
 from elmtune.models.modeling import CACHE_FIELD
 from elmtune.progress import Progress
 
@@ -214,7 +215,7 @@ class LoglikelihoodScorer:
         where = [packed.locate(i, p) for i, row in enumerate(rows) for target in row.targets for p in target.positions]
         pack_index, column = zip(*where, strict=True)
         needed = hidden[torch.tensor(pack_index), torch.tensor(column)]  # (N, d)
-        return F.linear(needed, decoder.output_weight())  # (N, V)
+        return linear(needed, decoder.output_weight())  # (N, V)
 
     def _prefix_cache(self, row: Row, prefix: int, copies: int) -> Cache | None:
         """KV cache of the first ``prefix`` tokens of ``row``, repeated ``copies`` times (None when prefix is 0)."""

@@ -15,6 +15,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.geometry import NORM_EPS
+from elmtune.models.linear import OpenELMLinear
 
 
 class OpenELMRMSNorm(nn.Module):
@@ -124,13 +125,13 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         self.num_q_heads = config.num_query_heads[layer_idx]
         self.num_kv_heads = config.num_kv_heads[layer_idx]
         rows = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(config.model_dim, rows, bias=False)
+        self.qkv_proj = OpenELMLinear(config.model_dim, rows, bias=False)
         if config.normalize_qk_projections:
             self.q_norm = OpenELMRMSNorm(self.head_dim)
             self.k_norm = OpenELMRMSNorm(self.head_dim)
         else:
             self.q_norm = self.k_norm = None
-        self.out_proj = nn.Linear(self.num_q_heads * self.head_dim, config.model_dim, bias=False)
+        self.out_proj = OpenELMLinear(self.num_q_heads * self.head_dim, config.model_dim, bias=False)
 
     def forward(
         self,
@@ -188,8 +189,8 @@ class OpenELMFeedForwardNetwork(nn.Module):
         self.ffn_dim = config.ffn_dims[layer_idx]
         self.ffn_with_glu = config.ffn_with_glu
         out_rows = 2 * self.ffn_dim if self.ffn_with_glu else self.ffn_dim
-        self.proj_1 = nn.Linear(config.model_dim, out_rows, bias=False)
-        self.proj_2 = nn.Linear(self.ffn_dim, config.model_dim, bias=False)
+        self.proj_1 = OpenELMLinear(config.model_dim, out_rows, bias=False)
+        self.proj_2 = OpenELMLinear(self.ffn_dim, config.model_dim, bias=False)
         self.act = ACT2FN[config.activation_fn_name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

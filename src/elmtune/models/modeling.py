@@ -48,6 +48,7 @@ from elmtune.models.layers import (
     OpenELMRMSNorm,
     OpenELMRotaryEmbedding,
 )
+from elmtune.models.linear import OpenELMLinear
 
 logger = logging.get_logger(__name__)
 
@@ -227,7 +228,7 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__(config)
         self.transformer = OpenELMModel(config)
-        self.lm_head = nn.Linear(config.model_dim, config.vocab_size, bias=False)
+        self.lm_head = OpenELMLinear(config.model_dim, config.vocab_size, bias=False)
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:
             self.generation_config.pad_token_id = 0

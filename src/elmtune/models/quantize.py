@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from elmtune.errors import ConfigError
+from elmtune.models.linear import OpenELMLinear
 
 QuantKind = Literal["nf4", "int8"]
 QUANT_KINDS: tuple[str, ...] = ("nf4", "int8")
@@ -85,7 +86,7 @@ def quantizable_linears(model: nn.Module) -> list[str]:
     return [
         name
         for name, module in model.named_modules()
-        if type(module) is nn.Linear and module is not head and not name.endswith("lm_head")
+        if type(module) in (nn.Linear, OpenELMLinear) and module is not head and not name.endswith("lm_head")
     ]
 
 
