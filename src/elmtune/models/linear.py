@@ -1,16 +1,16 @@
 """OpenELM's Linear layer: ``x W^T`` computed as ``(W x^T)^T`` where the CPU's BLAS runs that order faster.
 
 A Linear layer is ``torch.mm(x, W.t())``. On the CPU (MKL) that order is slow when ``x`` has a few rows: for the 270M
-model's weights, the other order, ``torch.mm(W, x.t()).t()`` copied back to row-major, ran 2.6x faster with 4 rows,
-1.5x with 16 (a decoding step of 16 sequences) and 1.3x with 64, the same product up to float rounding order. With
+model's weights, the other order, ``torch.mm(W, x.t()).t()`` copied back to row-major, ran 2.6-2.8x faster with 4
+rows, 1.5-1.6x with 16 (a decoding step of 16 sequences) and 1.3x with 64, the same product up to float rounding. With
 one row both orders are the same matrix-vector product, and from about 256 rows on the usual order is as fast or
 faster. ``benchmarks/linear_order.py`` measures both orders on the machine at hand; ``benchmarks/README.md``
 (§ Profiles) has the figures.
 
 The reordered product is used only where it was measured to pay: CPU, fp32, 2 to :data:`MAX_REORDERED_ROWS` rows,
 and no gradient to record: in practice generation's decoding steps (one row per sequence) and the output head over
-the few target positions a scoring batch needs. Training keeps
-``F.linear``, as does every other device, dtype and row count.
+the few target positions a scoring batch needs. Training keeps ``F.linear``, as does every other device, dtype and
+row count.
 
 :class:`OpenELMLinear` is an ``nn.Linear`` (same parameters, keys, ``isinstance``), so peft wraps it, bitsandbytes
 replaces it and checkpoints load into it exactly as into ``nn.Linear``.
