@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from elmtune.errors import ElmtuneError
 from elmtune.models import load_model
 from elmtune.models.linear import linear
 
@@ -74,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.rows, args.rounds = "tiny", [1, 16], 2
+    if args.rounds < 1 or min(args.rows) < 1:
+        parser.error("--rounds and every --rows value must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    weights = weights_of(args.preset)
+    try:
+        weights = weights_of(args.preset)
+    except ElmtuneError as error:
+        parser.error(f"--preset: {error}")
     print(f"# python benchmarks/linear_order.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"# {args.preset}: {len(weights)} Linear weights, {torch.get_num_threads()} threads, best of {args.rounds}")
     if not args.json:
