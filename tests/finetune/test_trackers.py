@@ -283,3 +283,57 @@ def test_overwrite_replaces_a_previous_runs_tracker_files(make_config, no_user_t
     run_training(config, overwrite=True)
     second = sorted(p.name for p in (run_dir / "trackers" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(second) == 1 and second != first  # the previous run's event file is gone
+
+
+def test_a_resumed_run_continues_its_tracker_runs(make_config, no_user_trackers, monkeypatch):
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = make_config("resumed", max_steps=3, save_every=1, keep_last=5, report_to=("tensorboard", "mlflow"))
+    run_dir = Path(config.train.output_dir)
+    run_training(config)
+    uninterrupted = _expected_series(run_dir)
+    # as if the run had stopped after step 3 before its final save, with step 1 its last intact checkpoint
+    for name in ("step-00000002", "step-00000003"):
+        shutil.rmtree(run_dir / "checkpoints" / name)
+    shutil.rmtree(run_dir / "final")
+    run_training(config, resume=True)
+    expected = _expected_series(run_dir)
+    assert [step for step, _ in expected["train/loss"]] == [1, 2, 3]
+    assert [v for _, v in expected["train/loss"]] == [v for _, v in uninterrupted["train/loss"]]  # exact resume
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=(run_dir / "trackers" / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("elmtune").experiment_id])  # one run, continued
+    assert run.info.status == "FINISHED" and run.info.run_name == "resumed"
+    ids = json.loads((run_dir / "trackers" / "runs.json").read_text())
+    assert ids == {"mlflow": run.info.run_id}
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    # steps 2 and 3 were logged by both runs, with the same values
+    assert sorted(history) == sorted(expected["train/loss"] + expected["train/loss"][1:])
+
+    events = EventAccumulator(str(run_dir / "trackers" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    # the second run's purge_step hides what the first logged after step 1: each step once
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_resumed_offline_wandb_run_keeps_its_run_id(make_config, no_user_trackers):
+    pytest.importorskip("wandb")
+    import shutil
+
+    config = make_config("wandb-resumed", max_steps=2, save_every=1, keep_last=5, report_to=("wandb",))
+    run_dir = Path(config.train.output_dir)
+    run_training(config)
+    (first,) = (run_dir / "trackers" / "wandb").glob("offline-run-*")
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
+    shutil.rmtree(run_dir / "final")
+    run_training(config, resume=True)
+    runs = sorted((run_dir / "trackers" / "wandb").glob("offline-run-*"))
+    run_id = json.loads((run_dir / "trackers" / "runs.json").read_text())["wandb"]
+    assert len(runs) == 2 and first in runs  # offline: a second local run directory ...
+    assert {path.name.rsplit("-", 1)[-1] for path in runs} == {run_id}  # ... of the same wandb run

@@ -44,7 +44,7 @@ from elmtune.finetune.resume_check import check_planned_steps, check_same_run, d
 from elmtune.finetune.run_lock import RunLock, lock_holder
 from elmtune.finetune.run_report import write_run_report
 from elmtune.finetune.session import planned_total_steps
-from elmtune.finetune.trackers import build_trackers, tracking
+from elmtune.finetune.trackers import require_tracker_packages, tracking
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -253,14 +253,16 @@ def _reported(result: TrainResult, main: bool) -> TrainResult:
     return result
 
 
-def _accelerator(plan: PrecisionPlan, report_to: tuple[str, ...], run_dir: Path) -> Accelerator:
-    """The run's one ``Accelerator``: its device, mixed precision and ``report_to`` trackers (packages checked here)."""
+def _accelerator(plan: PrecisionPlan, report_to: tuple[str, ...]) -> Accelerator:
+    """The run's one ``Accelerator``: its device and mixed precision.
+
+    ``report_to``'s packages are checked here; the trackers start in :func:`tracking`, once a resume's checkpoint is
+    known.
+    """
     from accelerate import Accelerator
 
-    trackers = build_trackers(report_to, run_dir)
-    return Accelerator(
-        cpu=plan.device.type == "cpu", mixed_precision=plan.accelerate_mixed_precision, log_with=trackers or None
-    )
+    require_tracker_packages(report_to)
+    return Accelerator(cpu=plan.device.type == "cpu", mixed_precision=plan.accelerate_mixed_precision)
 
 
 def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, overwrite: bool = False) -> TrainResult:
@@ -296,7 +298,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
     run_dir = Path(cfg.output_dir)
     fresh = resume is None or resume is False
     plan = plan_precision(resolve_device(cfg.device), cfg.precision, cfg.base_dtype)
-    accelerator = _accelerator(plan, cfg.report_to, run_dir)
+    accelerator = _accelerator(plan, cfg.report_to)
     main, world = accelerator.is_main_process, accelerator.num_processes
     if fresh and main:  # only the process that writes: the others would see its first files
         check_fresh_output_dir(run_dir, overwrite=overwrite)
@@ -324,7 +326,7 @@ def run_training(config: RunConfig, *, resume: bool | str | Path | None = None, 
     if main:
         lock = _start_writing(run_dir, config, data, overwrite=overwrite, checkpoints_seen=checkpoints_seen)
     try:
-        with tracking(accelerator, run_dir, config.to_dict()):  # report_to: started here, closed also on failure
+        with tracking(accelerator, run_dir, config.to_dict(), cfg.report_to, stored.step if stored else None):
             objective, notes, opening_rows = _run_objective(config, policy, data, plan, accelerator)
             result = train(
                 policy.model,

@@ -16,8 +16,17 @@ Local tracker files go to ``RUN_DIR/trackers/`` so the run directory keeps descr
   ``MLFLOW_EXPERIMENT_NAME`` (default ``elmtune``) and the other variables of accelerate's tracker are honoured.
 
 Only the main process logs. The trackers are closed when the run ends, also when it fails (MLflow marks the run
-``FAILED``, wandb records exit code 1). Each tracker's package is checked before any work
-(:func:`require_tracker_packages`). This module imports neither torch nor accelerate at import time.
+``FAILED``, wandb records exit code 1).
+
+A resumed run (``--resume``) continues its trackers' runs rather than opening new ones: the wandb run id and the
+MLflow run id are kept in ``trackers/runs.json`` when a run starts, and a resume passes them back (wandb
+``resume="allow"``; MLflow ``start_run(run_id=...)``). TensorBoard writes to the same directory with ``purge_step``
+one past the checkpoint, so what the interrupted run logged after its checkpoint is hidden. wandb drops rows at steps
+it has already seen, and MLflow keeps both values of such a step; single-process resume is exact, so they agree. A
+tracker that the first run did not use starts a new run when it is added on resume.
+
+Each tracker's package is checked before any work (:func:`require_tracker_packages`). This module imports neither
+torch nor accelerate at import time.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ PROJECT = "elmtune"
 
 TRACKERS_DIR = "trackers"
 """The run directory's entry that holds the trackers' local files."""
+
+RUN_IDS = "runs.json"
+"""The file in ``trackers/`` that keeps each tracker's run id (wandb, MLflow), so that a resume continues the run."""
 
 
 @dataclass(frozen=True)
@@ -155,14 +167,42 @@ def _say_if_offline(tracker: GeneralTracker) -> None:
         )
 
 
-def build_trackers(report_to: Sequence[str], run_dir: Path) -> list[GeneralTracker]:
-    """The accelerate tracker objects for ``report_to``, writing under ``run_dir`` (pass them as ``log_with``).
+def stored_run_ids(run_dir: Path) -> dict[str, str]:
+    """Tracker name -> run id, as a run stored them in ``trackers/runs.json`` (empty when there is none)."""
+    path = run_dir / TRACKERS_DIR / RUN_IDS
+    if not path.is_file():
+        return {}
+    try:
+        ids = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ({error}); remove it to start new tracker runs") from error
+    if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
+        raise ConfigError(f"{path}: expected a JSON object of tracker names and run ids; remove it to start new runs")
+    return ids
 
-    Nothing starts yet (see :func:`tracking`); the packages are checked first.
+
+def _store_run_ids(run_dir: Path, trackers: Sequence[GeneralTracker]) -> None:
+    """Add the started trackers' run ids (wandb, MLflow) to ``trackers/runs.json``."""
+    ids = stored_run_ids(run_dir)
+    for tracker in trackers:
+        if tracker.name == "wandb":
+            ids["wandb"] = tracker.run.id
+        elif tracker.name == "mlflow":
+            ids["mlflow"] = tracker.active_run.info.run_id
+    if ids:
+        (run_dir / TRACKERS_DIR / RUN_IDS).write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
+
+
+def build_trackers(report_to: Sequence[str], run_dir: Path, resumed_at: int | None = None) -> list[GeneralTracker]:
+    """The accelerate tracker objects for ``report_to``, writing under ``run_dir``.
+
+    Nothing starts yet with current accelerate (see :func:`tracking`); the packages are checked first.
 
     Args:
         report_to: Tracker names (``train.report_to``).
         run_dir: The run directory.
+        resumed_at: The checkpoint step a resumed run continues from: the trackers continue the stored runs
+            (module docstring). None for a fresh run.
 
     Raises:
         ConfigError: A tracker's package is not installed (see :func:`require_tracker_packages`).
@@ -172,14 +212,19 @@ def build_trackers(report_to: Sequence[str], run_dir: Path) -> list[GeneralTrack
     require_tracker_packages(report_to)
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
 
+    ids = stored_run_ids(run_dir) if resumed_at is not None else {}
     trackers: list[GeneralTracker] = []
     for name in report_to:
         if name == "tensorboard":
-            trackers.append(TensorBoardTracker("tensorboard", run_dir / TRACKERS_DIR))
+            purge = {} if resumed_at is None else {"purge_step": resumed_at + 1}
+            trackers.append(TensorBoardTracker("tensorboard", run_dir / TRACKERS_DIR, **purge))
         elif name == "wandb":
-            trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT") or PROJECT, **_wandb_settings(run_dir)))
+            resume = {"id": ids["wandb"], "resume": "allow"} if "wandb" in ids else {}
+            project = os.environ.get("WANDB_PROJECT") or PROJECT
+            trackers.append(WandBTracker(project, **_wandb_settings(run_dir), **resume))
         elif name == "mlflow":
-            trackers.append(MLflowTracker(experiment_name=PROJECT, run_name=run_dir.resolve().name))
+            run = {"run_id": ids["mlflow"]} if "mlflow" in ids else {"run_name": run_dir.resolve().name}
+            trackers.append(MLflowTracker(experiment_name=PROJECT, **run))
     return trackers
 
 
@@ -236,24 +281,33 @@ def _close(accelerator: Accelerator, failed: bool) -> None:
 
 
 @contextlib.contextmanager
-def tracking(accelerator: Accelerator, run_dir: Path, run_config: Mapping[str, Any]) -> Iterator[None]:
-    """Start the accelerator's trackers with the run's hyper-parameters, and close them when the block ends.
+def tracking(
+    accelerator: Accelerator,
+    run_dir: Path,
+    run_config: Mapping[str, Any],
+    report_to: Sequence[str],
+    resumed_at: int | None = None,
+) -> Iterator[None]:
+    """Start the run's trackers with its hyper-parameters on the main process, and close them when the block ends.
 
     Args:
-        accelerator: The run's accelerator, created with ``log_with=build_trackers(...)``.
+        accelerator: The run's accelerator (created without trackers: they are built and started here).
         run_dir: The run directory (created already).
         run_config: The full run configuration (``RunConfig.to_dict()``).
+        report_to: Tracker names (``train.report_to``).
+        resumed_at: The checkpoint step of a resumed run (see :func:`build_trackers`); None for a fresh run.
     """
-    names = [getattr(tracker, "name", "") for tracker in accelerator.log_with]
-    if not names or not accelerator.is_main_process:
+    if not report_to or not accelerator.is_main_process:
         yield
         return
     (run_dir / TRACKERS_DIR).mkdir(parents=True, exist_ok=True)
-    with _mlflow_store(run_dir, "mlflow" in names):
+    with _mlflow_store(run_dir, "mlflow" in report_to):
         try:
+            accelerator.log_with = build_trackers(report_to, run_dir, resumed_at)
             for tracker in accelerator.log_with:
                 _say_if_offline(tracker)
             accelerator.init_trackers(PROJECT, config=hyperparameters(run_config))
+            _store_run_ids(run_dir, accelerator.trackers)
             yield
         except BaseException:
             _close(accelerator, failed=True)
@@ -275,6 +329,7 @@ __all__ = [
     "log_row",
     "package_installed",
     "require_tracker_packages",
+    "stored_run_ids",
     "tracker_values",
     "tracking",
 ]
