@@ -1,5 +1,6 @@
-"""Fixtures shared by every test package: the tiny random OpenELM, the bundled tokenizer, token ids, the logits
-helper, adapters that look trained, one-thread torch kernels, and a fresh accelerate state per test.
+"""Fixtures shared by every test package: the tiny random OpenELM (and a bitsandbytes-friendly variant), the bundled
+tokenizer, token ids, the logits helper, adapters that look trained, one-thread torch kernels, and a fresh accelerate
+state per test.
 
 Subpackage ``conftest.py`` files hold only what their own tests need on top of these.
 """
@@ -22,9 +23,19 @@ from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model, load_t
 _TRAINED_PARTS = ("lora_B", "lora_embedding_A", "lora_magnitude_vector", "modules_to_save")
 
 
-def _make_tiny(seed: int = 0, dtype: torch.dtype = torch.float32) -> OpenELMForCausalLM:
+# The tiny preset with OpenELM's real head size and FFN rounding: every Linear (and every q/k/v, gate/up row block)
+# is a multiple of 64 wide and of 32 tall, as in the published models. bitsandbytes' AVX-512 CPU kernels need that
+# (they get NF4 wrong for rows not a multiple of 64 and cannot repack fewer than 32 rows), so the QLoRA tests use it.
+QUANTIZABLE_TINY = {"model_dim": 256, "head_dim": 64, "ffn_dim_divisor": 64}
+
+
+def _make_tiny(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: object) -> OpenELMForCausalLM:
     torch.manual_seed(seed)
-    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).to(dtype).eval()
+    return OpenELMForCausalLM(OpenELMConfig.from_preset("tiny", **overrides)).to(dtype).eval()
+
+
+def _make_quantizable_tiny(seed: int = 0) -> OpenELMForCausalLM:
+    return _make_tiny(seed, **QUANTIZABLE_TINY)
 
 
 def _logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -56,6 +67,20 @@ def _trained_adapter(
 def make_tiny() -> Callable[..., OpenELMForCausalLM]:
     """Factory for the ``tiny`` preset (4 layers, per-layer head counts and FFN widths) with seeded weights."""
     return _make_tiny
+
+
+@pytest.fixture(scope="session")
+def make_quantizable_tiny() -> Callable[..., OpenELMForCausalLM]:
+    """Factory for the tiny preset with bitsandbytes-friendly widths (:data:`QUANTIZABLE_TINY`), seeded weights."""
+    return _make_quantizable_tiny
+
+
+@pytest.fixture(scope="session")
+def quantizable_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved checkpoint of :func:`make_quantizable_tiny`'s model (seed 0), for commands that take a model path."""
+    path = tmp_path_factory.mktemp("quantizable-tiny") / "model"
+    _make_quantizable_tiny().save_pretrained(path)
+    return path
 
 
 @pytest.fixture

@@ -32,11 +32,11 @@ def _nf4_round_trip(weight: torch.Tensor) -> torch.Tensor:
     return bnb.functional.dequantize_4bit(packed, state)
 
 
-def _dequantized_tiny(make_tiny, quantised: nn.Module) -> nn.Module:
-    """The fp32 tiny model with every Linear but the head replaced by its NF4 round trip, block by block as split."""
+def _dequantized_tiny(make_model, quantised: nn.Module) -> nn.Module:
+    """``make_model()`` in fp32, every Linear but the head replaced by its NF4 round trip, block by block as split."""
     from elmtune.adapters.fused import RowSplitLinear
 
-    model = make_tiny()
+    model = make_model()
     split = {n: m.row_ranges() for n, m in quantised.base_model.model.named_modules() if isinstance(m, RowSplitLinear)}
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -54,8 +54,8 @@ def _adapted(model: nn.Module, quantization: BaseQuantization | None, perturb, *
     return peft_model.eval()
 
 
-def test_only_the_linears_are_quantised_within_nf4_error(make_tiny):
-    model = make_tiny()
+def test_only_the_linears_are_quantised_within_nf4_error(make_quantizable_tiny):
+    model = make_quantizable_tiny()
     originals = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, OpenELMLinear)}
     embedding = model.get_input_embeddings().weight.detach().clone()
     names = quantize_linears(model, NF4)
@@ -74,11 +74,11 @@ def test_only_the_linears_are_quantised_within_nf4_error(make_tiny):
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n)
 
 
-def test_quantised_adapter_equals_an_fp32_model_on_the_dequantised_weights(make_tiny, perturb, ids):
-    quantised = _adapted(make_tiny(), NF4, perturb)
+def test_quantised_adapter_equals_an_fp32_model_on_the_dequantised_weights(make_quantizable_tiny, perturb, ids):
+    quantised = _adapted(make_quantizable_tiny(), NF4, perturb)
     kinds = {type(m).__module__ for m in quantised.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
     assert kinds == {"peft.tuners.lora.bnb"}  # peft's bitsandbytes LoRA layers, not the fp layers
-    reference = make_tiny()
+    reference = make_quantizable_tiny()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = apply_adapter(reference, AdapterConfig(**SUB_PROJECTIONS)).eval()
@@ -93,11 +93,13 @@ def test_quantised_adapter_equals_an_fp32_model_on_the_dequantised_weights(make_
 
 
 @pytest.mark.parametrize(("kind", "method"), [("nf4", "lora"), ("nf4", "dora"), ("int8", "lora")])
-def test_training_on_a_quantised_base_lowers_the_loss_and_moves_only_the_adapter(make_tiny, ids, kind, method):
+def test_training_on_a_quantised_base_lowers_the_loss_and_moves_only_the_adapter(
+    make_quantizable_tiny, ids, kind, method
+):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_adapter(
-            make_tiny(),
+            make_quantizable_tiny(),
             AdapterConfig(r=4, alpha=8, method=method, targets=("qkv_proj", "proj_2")),
             quantization=BaseQuantization(kind, torch.float32),
         )
@@ -132,19 +134,19 @@ def test_a_quantised_plan_keeps_the_rest_in_the_compute_dtype():
     assert plan_precision(torch.device("cpu"), "auto", "fp32").quantization is None
 
 
-def test_the_preference_reference_runs_on_the_same_quantised_base(make_tiny, perturb, ids, tmp_path):
+def test_the_preference_reference_runs_on_the_same_quantised_base(make_quantizable_tiny, perturb, ids, tmp_path):
     from elmtune.adapters.io import load_adapter, load_frozen_copy, save_adapter
     from elmtune.finetune.reference import REFERENCE_ADAPTER, reference_mode
 
-    trained = _adapted(make_tiny(), NF4, perturb)
+    trained = _adapted(make_quantizable_tiny(), NF4, perturb)
     save_adapter(trained, tmp_path / "sft")
-    dequantized_base = _dequantized_tiny(make_tiny, trained)
+    dequantized_base = _dequantized_tiny(make_quantizable_tiny, trained)
     with torch.no_grad(), reference_mode(trained, None) as reference:
         torch.testing.assert_close(reference(input_ids=ids).logits, dequantized_base(input_ids=ids).logits)
     # SFT -> DPO: the saved adapter continues on a freshly quantised base, its frozen copy is the reference
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        policy = load_adapter(make_tiny(), tmp_path / "sft", is_trainable=True, quantization=NF4)
+        policy = load_adapter(make_quantizable_tiny(), tmp_path / "sft", is_trainable=True, quantization=NF4)
         load_frozen_copy(policy, tmp_path / "sft", REFERENCE_ADAPTER)
     assert all(type(m).__module__ == "peft.tuners.lora.bnb" for m in policy.modules() if hasattr(m, "lora_A"))
     with torch.no_grad(), reference_mode(policy, REFERENCE_ADAPTER) as reference:
@@ -161,3 +163,28 @@ def test_a_base_rewriting_init_or_an_unknown_base_dtype_is_one_line_naming_the_k
     with pytest.raises(ConfigError, match=r"must be auto, fp32, bf16, fp16, nf4 or int8: 'nf8'") as info:
         RunConfig.from_dict({**recipe, "train": {"base_dtype": "nf8"}})
     assert info.value.key == "train.base_dtype"
+
+
+def test_a_wrong_round_trip_is_refused_naming_the_layer(make_quantizable_tiny, monkeypatch):
+    import elmtune.models.quantize as quantize_module
+    from elmtune.models.quantize import check_round_trip, quantize_linears
+
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    check_round_trip("w", weight, _nf4_round_trip(weight), "nf4")  # bitsandbytes' own round trip passes
+    shifted = weight.clone()
+    shifted[3, 5] += 0.5 * weight[3].abs().max()  # one weight half its block's absmax off
+    with pytest.raises(ConfigError, match=r"quantised w \(8, 64\) with an error of 0\.5\d of its block absmax"):
+        check_round_trip("w", weight, shifted, "nf4")
+    with pytest.raises(ConfigError, match=r"of its row absmax, over the 0\.01 int8 allows"):
+        check_round_trip("w", weight, weight * 1.02, "int8")
+
+    original = quantize_module.dequantized_weight
+
+    def reversed_weights(layer: nn.Module) -> torch.Tensor:  # a build whose round trip comes back out of order
+        weight = original(layer)  # (out, in)
+        return weight.flatten().flip(0).view_as(weight)
+
+    monkeypatch.setattr(quantize_module, "dequantized_weight", reversed_weights)
+    with pytest.raises(ConfigError, match=r"transformer\.layers\.0\.attn\.qkv_proj \(256, 256\)") as info:
+        quantize_linears(make_quantizable_tiny(), NF4)
+    assert info.value.key == "train.base_dtype" and "use --base-dtype auto, or a GPU" in str(info.value)

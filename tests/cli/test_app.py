@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from elmtune import __version__
@@ -54,3 +55,25 @@ def test_unknown_model_is_one_line_error_without_traceback():
     assert result.returncode == 1
     assert result.stderr.startswith("error: unknown model 'no-such-model'") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_command_drops_only_bitsandbytes_note_about_its_optional_kernels(monkeypatch):
+    import logging
+
+    from elmtune.cli import app as app_module
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(sys, "argv", ["elmtune", "--version"])
+    with pytest.raises(SystemExit):
+        app_module.main()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "no kernels")
+        logger.warning("something else bitsandbytes says")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["something else bitsandbytes says"]

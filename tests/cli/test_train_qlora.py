@@ -1,4 +1,4 @@
-"""``elmtune train --base-dtype nf4``: a QLoRA run on the tiny preset, and the one-line refusal without bitsandbytes."""
+"""``elmtune train --base-dtype nf4``: a QLoRA run on a tiny model, and the one-line refusal without bitsandbytes."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ import pytest
 SAMPLE = "src/elmtune/samples/commonsense_train_sample200.json"
 
 
-def _args(tmp_path, *extra: str) -> list[str]:
+def _args(tmp_path, *extra: str, model: str = "tiny") -> list[str]:
     return [
-        "train", "--model", "tiny", "--data", SAMPLE, "--max-steps", "2", "--batch-size", "2", "--device", "cpu",
+        "train", "--model", model, "--data", SAMPLE, "--max-steps", "2", "--batch-size", "2", "--device", "cpu",
         "--targets", "q,v", "--output-dir", str(tmp_path / "run"), *extra,
     ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_train_on_a_nf4_base_writes_an_adapter_that_records_it(tmp_path, monkeypatch):
+def test_train_on_a_nf4_base_writes_an_adapter_that_records_it(tmp_path, monkeypatch, quantizable_tiny_dir):
     pytest.importorskip("bitsandbytes")
     from elmtune.cli.app import main
 
-    monkeypatch.setattr(sys, "argv", ["elmtune", *_args(tmp_path, "--base-dtype", "nf4")])
+    argv = _args(tmp_path, "--base-dtype", "nf4", model=str(quantizable_tiny_dir))
+    monkeypatch.setattr(sys, "argv", ["elmtune", *argv])
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)

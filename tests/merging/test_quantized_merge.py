@@ -15,16 +15,17 @@ bnb = pytest.importorskip("bitsandbytes")
 from elmtune.adapters import apply_adapter, save_adapter  # noqa: E402
 from elmtune.adapters.config import AdapterConfig  # noqa: E402
 from elmtune.merging import MergeOptions, merge_to_directory  # noqa: E402
-from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model  # noqa: E402
+from elmtune.models import OpenELMConfig, load_model  # noqa: E402
 from elmtune.models.quantize import BaseQuantization  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained_on_nf4(tmp_path_factory: pytest.TempPathFactory, perturb) -> tuple[Path, Path, nn.Module]:
+def trained_on_nf4(
+    tmp_path_factory: pytest.TempPathFactory, perturb, make_quantizable_tiny
+) -> tuple[Path, Path, nn.Module]:
     """(base dir, adapter dir, the quantised peft model the adapter was saved from)."""
     root = tmp_path_factory.mktemp("qlora")
-    torch.manual_seed(0)
-    OpenELMForCausalLM(OpenELMConfig.from_preset("tiny")).save_pretrained(root / "base")
+    make_quantizable_tiny().save_pretrained(root / "base")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_adapter(

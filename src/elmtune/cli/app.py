@@ -6,6 +6,7 @@ Every command module imports torch, transformers and datasets inside its command
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -77,13 +78,28 @@ app.command("push", epilog=epilog("push"))(push_cmd.push)
 app.command("report", epilog=epilog("report"))(report_cmd.report)
 
 
+OPTIONAL_KERNEL_NOTE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+"""bitsandbytes' log line, at import, on CPUs with AVX512-BF16 when the optional ``kernels`` package is missing."""
+
+
+def _drop_optional_kernel_note(record: logging.LogRecord) -> bool:
+    """Logging filter: False for bitsandbytes' note about its optional ``kernels`` package (see :func:`main`)."""
+    return not record.getMessage().startswith(OPTIONAL_KERNEL_NOTE)
+
+
 def main() -> None:
     """Console-script entry point: every error prints one line, without a traceback unless ``--debug`` is given.
 
     Exit codes: 0 success, 1 a failure (including unexpected errors), 2 bad usage (argument parsing, or a
     :class:`~elmtune.errors.UsageError` such as an invalid recipe field), 130 interrupted. ``--debug`` (or
     ``ELMTUNE_DEBUG=1``) prints the traceback above the error line and keeps the exit code.
+
+    peft imports bitsandbytes whenever it is installed, and bitsandbytes then logs, on CPUs with AVX512-BF16, that
+    its optional ``kernels`` package (a faster 4-bit CPU matmul) is missing: a line on every command that is neither
+    an error nor about the command. The command line drops that one line (docs/training.md mentions the package for
+    4-bit bases on the CPU); everything else bitsandbytes logs still shows.
     """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kernel_note)
     try:
         app()
     except KeyboardInterrupt as err:

@@ -64,7 +64,10 @@ class DequantizedSource:
             return weight
         from elmtune.models.quantize import fake_quantize
 
-        blocks = [fake_quantize(weight[start:stop], self.kind, self._from) for start, stop in self._blocks[key]]
+        blocks = [
+            fake_quantize(weight[start:stop], self.kind, self._from, name=f"{key}[{start}:{stop}]")
+            for start, stop in self._blocks[key]
+        ]
         return torch.cat(blocks, dim=0)  # (out, in) fp32
 
 

@@ -32,6 +32,11 @@ QUANT_KINDS: tuple[str, ...] = ("nf4", "int8")
 NF4_BLOCK_SIZE = 64
 MIN_BITSANDBYTES = (0, 49)
 """Oldest bitsandbytes whose CPU NF4 and int8 layers run forward and backward."""
+ROUND_TRIP_LIMITS = {"nf4": 0.25, "int8": 0.01}
+"""Largest ``|dequant(quant(W)) - W|`` accepted, as a fraction of the absmax of the weight's block (NF4: 64 weights;
+its widest gap between levels is 0.28 of the absmax, so a correct round trip stays under 0.16) or row (int8: half a
+level is 1/254 of it)."""
+
 _INSTALL = "pip install 'elmtune[qlora]'"
 
 
@@ -107,6 +112,10 @@ def _quantized_layer(bnb: ModuleType, linear: nn.Linear, quantization: BaseQuant
         layer.weight = bnb.nn.Params4bit(
             weight, requires_grad=False, compress_statistics=True, quant_type="nf4", blocksize=NF4_BLOCK_SIZE
         )
+        # bitsandbytes >= 0.50 repacks 4-bit weights on AVX512-BF16 CPUs for no-grad forwards and multiplies them in
+        # bf16 whatever the compute dtype (up to 0.07 off fp32 on the tiny model's logits), so that evaluation and a
+        # DPO reference would not compute what training computes. Keep the one dequantise-and-matmul path.
+        layer.support_avx512bf16_for_cpu = False
     else:
         layer = bnb.nn.Linear8bitLt(
             linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False, threshold=0.0, device="meta"
@@ -115,6 +124,44 @@ def _quantized_layer(bnb: ModuleType, linear: nn.Linear, quantization: BaseQuant
     if bias:
         layer.bias = nn.Parameter(linear.bias.data.to(quantization.compute_dtype), requires_grad=False)
     return layer.to(linear.weight.device)  # bitsandbytes quantises when the layer is moved to a device
+
+
+def check_round_trip(
+    name: str, source: torch.Tensor, restored: torch.Tensor, kind: str, remedy: str = "use --base-dtype auto, or a GPU"
+) -> None:
+    """Refuse a quantisation whose round trip is outside ``kind``'s error bound (:data:`ROUND_TRIP_LIMITS`).
+
+    bitsandbytes 0.49-0.50 on CPUs with AVX-512 gets NF4 wrong for weights whose rows are not a multiple of 64 long
+    (blocks that straddle rows come back with errors of the size of the weights): this check stops a run from
+    training or merging on such a base.
+
+    Args:
+        name: The layer, for the message.
+        source: The weight that was quantised (out, in).
+        restored: ``dequant(quant(source))`` (out, in).
+        kind: ``nf4`` or ``int8``.
+        remedy: What the user can do instead, for the message.
+
+    Raises:
+        ConfigError: One line naming the layer, its shape, the error and the remedy.
+    """
+    import bitsandbytes
+
+    shape = tuple(source.shape)
+    source, restored = source.detach().float().cpu(), restored.detach().float().cpu()
+    if kind == "nf4":  # blocks of 64 consecutive weights, the last one zero-padded
+        pad = -source.numel() % NF4_BLOCK_SIZE
+        source = torch.nn.functional.pad(source.flatten(), (0, pad)).view(-1, NF4_BLOCK_SIZE)
+        restored = torch.nn.functional.pad(restored.flatten(), (0, pad)).view(-1, NF4_BLOCK_SIZE)
+    error = ((restored - source).abs().amax(dim=-1) / source.abs().amax(dim=-1).clamp_min(1e-12)).max().item()
+    if error > ROUND_TRIP_LIMITS[kind]:
+        unit = "block" if kind == "nf4" else "row"
+        raise ConfigError(
+            f"{kind}: bitsandbytes {bitsandbytes.__version__} quantised {name} {shape} with an error of {error:.2f} "
+            f"of its {unit} absmax, over the {ROUND_TRIP_LIMITS[kind]} {kind} allows (this build gets such shapes "
+            f"wrong on this CPU); {remedy}",
+            key="train.base_dtype",
+        )
 
 
 def quantize_linears(model: nn.Module, quantization: BaseQuantization) -> list[str]:
@@ -127,13 +174,17 @@ def quantize_linears(model: nn.Module, quantization: BaseQuantization) -> list[s
         The names of the replaced layers.
 
     Raises:
-        ConfigError: bitsandbytes is missing or cannot quantise on the model's device.
+        ConfigError: bitsandbytes is missing or cannot quantise on the model's device, or quantised a layer
+            outside its format's error bound (:func:`check_round_trip`).
     """
     names = quantizable_linears(model)
     device = next(model.parameters()).device
     bnb = require_bitsandbytes(quantization.kind, device)
     for name in names:
-        model.set_submodule(name, _quantized_layer(bnb, model.get_submodule(name), quantization))
+        linear = model.get_submodule(name)
+        layer = _quantized_layer(bnb, linear, quantization)
+        check_round_trip(name, linear.weight, dequantized_weight(layer), quantization.kind)
+        model.set_submodule(name, layer)
     model.__dict__["is_loaded_in_4bit" if quantization.kind == "nf4" else "is_loaded_in_8bit"] = True
     model.__dict__["elmtune_quantization"] = quantization
     return names
@@ -161,16 +212,19 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fake_quantize(weight: torch.Tensor, kind: str, quantized_from: torch.dtype = torch.float32) -> torch.Tensor:
+def fake_quantize(
+    weight: torch.Tensor, kind: str, quantized_from: torch.dtype = torch.float32, name: str = "a weight"
+) -> torch.Tensor:
     """``dequant(quant(W))`` in fp32: the weight a ``kind`` base layer holding ``weight`` (out, in) computes with.
 
     Args:
         weight: The full-precision weight (out, in); any dtype.
         kind: ``nf4`` or ``int8``.
         quantized_from: dtype the weight had when it was quantised (the run's compute dtype).
+        name: The weight's name, for the message of :func:`check_round_trip`.
 
     Raises:
-        ConfigError: bitsandbytes is missing.
+        ConfigError: bitsandbytes is missing, or its round trip is outside ``kind``'s error bound.
     """
     bnb = require_bitsandbytes(kind, "cpu")
     source = weight.detach().to("cpu", quantized_from).contiguous()  # (out, in)
@@ -178,9 +232,12 @@ def fake_quantize(weight: torch.Tensor, kind: str, quantized_from: torch.dtype =
         packed, state = bnb.functional.quantize_4bit(
             source, blocksize=NF4_BLOCK_SIZE, compress_statistics=True, quant_type="nf4"
         )
-        return bnb.functional.dequantize_4bit(packed, state).float()
-    quantized, scale, _ = bnb.functional.int8_vectorwise_quant(source.float())
-    return quantized.float() * (scale.float()[:, None] / 127.0)
+        restored = bnb.functional.dequantize_4bit(packed, state).float()
+    else:
+        quantized, scale, _ = bnb.functional.int8_vectorwise_quant(source.float())
+        restored = quantized.float() * (scale.float()[:, None] / 127.0)
+    check_round_trip(name, source, restored, kind, remedy="merge where bitsandbytes quantises it correctly (a GPU)")
+    return restored
 
 
 __all__ = [
@@ -189,6 +246,7 @@ __all__ = [
     "QUANT_KINDS",
     "BaseQuantization",
     "base_quantization",
+    "check_round_trip",
     "dequantized_weight",
     "fake_quantize",
     "quantizable_linears",
