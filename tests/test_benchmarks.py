@@ -266,3 +266,19 @@ def test_quick_real_data_and_scale_rows_train_the_same_tokens_on_every_side(tmp_
         assert row["notes"]["processes x threads (2 / 1)"] == "2 x 1 vs 1 x 1"  # --quick: one thread per process
     (stored,) = results.glob("*.jsonl")
     assert len(stored.read_text().splitlines()) == len(rows) == 8
+
+
+def test_quick_padding_free_comparison_runs_and_finds_the_same_loss_in_fewer_tokens():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "padding_free.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in done.stdout.splitlines() if "| pad" in line}
+    padded, free = int(rows["padded"][0]), int(rows["padding-free"][0])
+    assert 0 < free < padded  # the sample's examples differ in length: padding costs tokens
+    difference = float(done.stdout.split("between the layouts: ")[1])
+    assert difference < 1e-5

@@ -15,7 +15,9 @@ from elmtune.datasets import (
     TokenizeConfig,
     block_causal_mask,
     collate_packed,
+    collate_packs_padding_free,
     collate_padded,
+    collate_padding_free,
     load_sft_examples,
     pack_indices,
     tokenize_sft,
@@ -99,6 +101,42 @@ def test_packed_batch_equals_examples_alone(tiny_model, examples):
         assert (batch["labels"][row, start:] == IGNORE_INDEX).all()
     # The model's own (shifted, batch-mean) loss: nothing leaks across examples at the seams.
     torch.testing.assert_close(out.loss, total_loss / total_targets, atol=ATOL, rtol=0)
+
+
+def test_padding_free_batch_equals_examples_alone_in_logits_loss_and_gradients(make_tiny, examples):
+    model = make_tiny()
+    batch = collate_padding_free(examples)
+    total = sum(len(e) for e in examples)
+    assert set(batch) == {"input_ids", "position_ids", "labels"} and batch["input_ids"].shape == (1, total)
+    assert batch["position_ids"][0].tolist() == [p for e in examples for p in range(len(e))]
+    assert batch["labels"][0].tolist() == [int(t) for e in examples for t in e.labels]
+    out = model(**batch)
+    out.loss.backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    total_loss, total_targets, start = 0.0, 0, 0
+    for example in examples:
+        n = len(example)
+        ids = torch.from_numpy(example.input_ids.astype(np.int64))[None]  # (1, n)
+        labels = torch.from_numpy(example.labels.astype(np.int64))
+        logits = model(input_ids=ids).logits[0]  # (n, V)
+        torch.testing.assert_close(out.logits[0, start : start + n].detach(), logits.detach(), atol=ATOL, rtol=0)
+        loss_sum, count = _loss_sum(logits, labels)
+        total_loss, total_targets, start = total_loss + loss_sum, total_targets + count, start + n
+    # The model's own (shifted, mean) loss over the one row: nothing leaks across the seams.
+    torch.testing.assert_close(out.loss.detach(), (total_loss / total_targets).detach(), atol=ATOL, rtol=0)
+    (total_loss / total_targets).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(packed_grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_free_packs_are_their_examples_in_pack_order(examples):
+    packed = PackedDataset(examples, max_length=256)
+    packs = [packed[i] for i in range(len(packed))]
+    batch = collate_packs_padding_free(packs)
+    flat = collate_padding_free([example for pack in packs for example in pack])
+    assert batch.keys() == flat.keys() and all(torch.equal(batch[k], flat[k]) for k in batch)
+    assert batch["input_ids"].shape == (1, sum(packed.lengths))
 
 
 def test_padded_batch_equals_rows_alone(tiny_model, examples):

@@ -27,6 +27,8 @@ def test_config_validation():
         ({"validation_size": 1.5}, "validation_size"),
         ({"validation_size": -1}, "validation_size"),
         ({"format": "preference", "packing": True}, "packing"),
+        ({"format": "preference", "padding_free": True}, "padding_free is for SFT data"),
+        ({"padding_free": True, "pad_to_multiple_of": 8}, "padding_free pads nothing"),
     ]:
         with pytest.raises(ValueError, match=match):
             DataConfig(path="x.jsonl", **bad)

@@ -104,6 +104,9 @@ def train(
     train_on_prompt: Annotated[bool | None, Opt(help="Train on prompt tokens too.")] = None,
     packing: Annotated[bool | None, Opt(help="Pack examples (block-diagonal attention).")] = None,
     pack_strategy: Annotated[str | None, Opt(help="best_fit or sequential.")] = None,
+    padding_free: Annotated[
+        bool | None, Opt(help="Each micro-batch in one row, no padding (attention per example): same loss, less work.")
+    ] = None,
     pad_to_multiple_of: Annotated[int | None, Opt(help="Round padded lengths up to a multiple of this.")] = None,
     skip_invalid: Annotated[bool | None, Opt(help="Skip and count bad rows.")] = None,
     validation_size: Annotated[str | None, Opt(help="Held-out examples: a count or a fraction.")] = None,

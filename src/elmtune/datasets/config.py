@@ -31,6 +31,8 @@ class DataConfig:
         skip_invalid: Skip and count bad rows instead of stopping at the first.
         packing: SFT: pack several examples per row of ``max_length`` tokens (block-diagonal attention).
         pack_strategy: ``best_fit`` or ``sequential``.
+        padding_free: SFT: each micro-batch's examples (with ``packing``: its packs' examples) in one row without
+            padding (attention within each example): the same batches and loss, no compute spent on padding.
         system_prompt: Chat template: a system turn for conversations without one.
         limit: Use only the first ``limit`` valid rows.
         validation_size: Hold out this many examples (an int) or this fraction (a float in (0, 1)) for evaluation.
@@ -52,6 +54,7 @@ class DataConfig:
     skip_invalid: bool = False
     packing: bool = False
     pack_strategy: Literal["best_fit", "sequential"] = "best_fit"
+    padding_free: bool = False
     system_prompt: str | None = None
     limit: int | None = None
     validation_size: int | float = 0
@@ -74,6 +77,16 @@ class DataConfig:
                     not (self.packing and self.format in PREFERENCE_FORMATS),
                     "packing",
                     "is for SFT data, not preference pairs; leave it off with format preference",
+                ),
+                (
+                    not (self.padding_free and self.format in PREFERENCE_FORMATS),
+                    "padding_free",
+                    "is for SFT data, not preference pairs; leave it off with format preference",
+                ),
+                (
+                    not (self.padding_free and self.pad_to_multiple_of),
+                    "padding_free",
+                    "pads nothing, so pad_to_multiple_of cannot apply; leave one of them out",
                 ),
                 (
                     _valid_holdout(self.validation_size),

@@ -4,6 +4,12 @@ A packed row of examples ``e1 e2 ...`` gets a block-diagonal causal mask (each t
 of its own example) and ``position_ids`` that restart at 0 per example, so each example's logits equal those it gets
 alone. Labels need no fixing at the seams: every example starts with BOS, whose label is -100, so the last token of
 one example never learns to predict the next example.
+
+Padding-free batches (:func:`collate_padding_free`, ``DataConfig(padding_free=True)``) are the same idea for one
+micro-batch: its examples (with packing, its packs' examples: :func:`collate_packs_padding_free`), unchanged and in
+order, go into a single row with restarting ``position_ids`` and no
+mask, which the model reads as separate sequences (``elmtune.models.attention_mask``). Nothing is padded, so no
+compute is spent on padding; the loss is the padded batch's, up to float rounding.
 """
 
 from __future__ import annotations
@@ -151,3 +157,25 @@ def collate_packed(
         "position_ids": position_ids,
         "labels": labels,
     }
+
+
+def collate_padding_free(examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+    """Concatenate a micro-batch's examples into one row without padding or mask.
+
+    Args:
+        examples: Tokenised examples (a micro-batch).
+
+    Returns:
+        ``input_ids`` (1, T), ``labels`` (1, T) and ``position_ids`` (1, T) restarting at 0 per example, int64, where
+        T is the examples' total length. Without an ``attention_mask`` the restarting positions tell the model where
+        each example starts; it attends within each example only.
+    """
+    input_ids = torch.from_numpy(np.concatenate([e.input_ids for e in examples]).astype(np.int64))[None]  # (1, T)
+    labels = torch.from_numpy(np.concatenate([e.labels for e in examples]).astype(np.int64))[None]  # (1, T)
+    position_ids = torch.cat([torch.arange(len(e)) for e in examples])[None]  # (1, T)
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+
+
+def collate_packs_padding_free(packs: Sequence[Sequence[TokenizedExample]]) -> dict[str, torch.Tensor]:
+    """:func:`collate_padding_free` over the examples of a micro-batch of packs, pack by pack, in one row."""
+    return collate_padding_free([example for pack in packs for example in pack])

@@ -27,7 +27,12 @@ from elmtune.datasets.loading import (
     load_preference_examples,
     load_sft_examples,
 )
-from elmtune.datasets.packing import PackedDataset, collate_packed
+from elmtune.datasets.packing import (
+    PackedDataset,
+    collate_packed,
+    collate_packs_padding_free,
+    collate_padding_free,
+)
 from elmtune.datasets.preference import PreferenceTokenizeConfig, collate_preference, tokenize_preference
 from elmtune.datasets.supervised import TokenizeConfig, tokenize_sft
 from elmtune.datasets.tokenize_pipeline import TokenizeReport
@@ -124,8 +129,8 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
         )
     source = {"split": config.split, "subset": config.subset, "revision": config.revision}
     if data_format in PREFERENCE_FORMATS:
-        if config.packing:
-            raise ValueError("packing is for SFT data, not preference pairs")
+        if config.packing or config.padding_free:
+            raise ValueError("packing and padding_free are for SFT data, not preference pairs")
         pairs, load_report = load_preference_examples(
             config.path, data_format, skip_invalid=config.skip_invalid, limit=config.limit, seed=config.seed, **source
         )
@@ -154,7 +159,10 @@ def prepare_data(config: DataConfig, tokenizer: Any) -> PreparedData:
         )
         items, report = tokenize_sft(examples, tokenizer, tok_config, skip_invalid=config.skip_invalid)
         pad = {"pad_token_id": PAD_TOKEN_ID, "pad_to_multiple_of": config.pad_to_multiple_of}
-        collate = functools.partial(collate_packed if config.packing else collate_padded, **pad)
+        if config.padding_free:
+            collate = collate_packs_padding_free if config.packing else collate_padding_free
+        else:
+            collate = functools.partial(collate_packed if config.packing else collate_padded, **pad)
         kind = "sft"
     if not items:
         raise DataSourceError(

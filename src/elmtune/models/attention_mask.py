@@ -2,6 +2,11 @@
 
 Padding masks are 2-D (B, past + L) with 1 for real tokens; a 4-D mask (B, 1, L, past + L), such as a block-diagonal
 packing mask, is used as given.
+
+Without a mask, ``position_ids`` that restart within a row mean several sequences packed into it without padding
+(transformers' padding-free layout): a new sequence starts wherever a position is not its predecessor's plus one. A
+single such row is attended sequence by sequence (:func:`packed_segments`: no mask and no attention across or
+beyond the sequences' own squares); several rows get a block-diagonal causal mask (:func:`packed_rows_mask`).
 """
 
 from __future__ import annotations
@@ -62,4 +67,40 @@ def sdpa_attention_mask(
     return mask | ~mask.any(dim=-1, keepdim=True), False
 
 
-__all__ = ["positions_from_mask", "sdpa_attention_mask"]
+def _sequence_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: True where a packed sequence starts (the first token, and where a position breaks the run)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)  # (B, L)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts
+
+
+def is_packed(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past: int) -> bool:
+    """Whether the input is packed without padding: no mask, no cache, and positions that restart within a row."""
+    if position_ids is None or attention_mask is not None or past or position_ids.shape[-1] < 2:
+        return False
+    if position_ids.device.type == "meta":
+        return False
+    return bool(_sequence_starts(position_ids)[:, 1:].any())
+
+
+def packed_segments(position_ids: torch.Tensor) -> tuple[int, ...]:
+    """Lengths of the sequences packed into one row (see :func:`is_packed`), in order; they sum to L.
+
+    Args:
+        position_ids: (1, L) positions restarting at each sequence.
+    """
+    starts = _sequence_starts(position_ids)[0].nonzero().flatten().tolist()  # first token of each sequence
+    bounds = [*starts, position_ids.shape[-1]]
+    return tuple(end - start for start, end in zip(bounds, bounds[1:], strict=False))
+
+
+def packed_rows_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask (B, 1, L, L) of packed rows (see :func:`is_packed`): True where a query attends."""
+    sequence = _sequence_starts(position_ids).long().cumsum(-1)  # (B, L): which sequence of its row
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()  # (L, L)
+    same = sequence[:, :, None] == sequence[:, None, :]  # (B, L, L)
+    return (same & causal)[:, None]  # (B, 1, L, L)
+
+
+__all__ = ["is_packed", "packed_rows_mask", "packed_segments", "positions_from_mask", "sdpa_attention_mask"]

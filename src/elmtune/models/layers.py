@@ -140,6 +140,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         cache: Cache | None = None,
+        segments: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """Attend over the sequence (and the cached keys and values).
 
@@ -149,6 +150,8 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
             attn_mask: Boolean SDPA mask (B|1, 1, L, past + L), or None (see ``is_causal``).
             is_causal: Let SDPA apply the causal mask itself (only when ``attn_mask`` is None).
             cache: KV cache to extend with this step's keys and values.
+            segments: Lengths of the sequences packed into the one row (B = 1, summing to L): each attends
+                causally to itself only, one SDPA call each; ``attn_mask`` and ``is_causal`` are then unused.
 
         Returns:
             The attention output after ``out_proj``, (B, L, d).
@@ -169,9 +172,15 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
             repeats = self.num_q_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, n_q, S, hd)
             grouped = False
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=grouped
-        )  # (B, n_q, L, hd)
+        if segments is not None:
+            parts = zip(q.split(segments, dim=2), k.split(segments, dim=2), v.split(segments, dim=2), strict=True)
+            out = torch.cat(
+                [F.scaled_dot_product_attention(*qkv_s, is_causal=True, enable_gqa=grouped) for qkv_s in parts], dim=2
+            )  # (1, n_q, L, hd)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=grouped
+            )  # (B, n_q, L, hd)
         out = out.transpose(1, 2).reshape(batch, length, self.num_q_heads * self.head_dim)
         return self.out_proj(out)
 
@@ -226,6 +235,7 @@ class OpenELMDecoderLayer(GradientCheckpointingLayer):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = True,
         cache: Cache | None = None,
+        segments: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """Run the block on (B, L, d) hidden states; see :meth:`OpenELMMultiHeadCausalAttention.forward`.
 
@@ -235,11 +245,13 @@ class OpenELMDecoderLayer(GradientCheckpointingLayer):
             attn_mask: Boolean SDPA mask, or None.
             is_causal: Let SDPA apply the causal mask (only when ``attn_mask`` is None).
             cache: KV cache to extend.
+            segments: Lengths of the sequences packed into the one row, or None.
 
         Returns:
             Block output (B, L, d).
         """
-        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), rotary, attn_mask, is_causal, cache)
+        attn_in = self.attn_norm(hidden_states)
+        hidden_states = hidden_states + self.attn(attn_in, rotary, attn_mask, is_causal, cache, segments)
         return hidden_states + self.ffn(self.ffn_norm(hidden_states))
 
 

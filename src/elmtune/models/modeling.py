@@ -18,8 +18,9 @@ Module tree and keys (all Linear layers bias-free; the output head is the tied t
                                                      share_input_output_layers (tied, never saved twice)
 
 Unlike the hub code, attention honours ``attention_mask`` (2-D padding masks and 4-D masks such as block-diagonal
-packing masks) and ``position_ids``, uses ``scaled_dot_product_attention`` with ``is_causal`` when nothing is padded,
-lets SDPA handle grouped-query attention without copying K/V heads, and keeps a transformers ``Cache``.
+packing masks) and ``position_ids`` (positions restarting within a row and no mask: sequences packed without
+padding, attended separately), uses ``scaled_dot_product_attention`` with ``is_causal`` when nothing is padded, lets
+SDPA handle grouped-query attention without copying K/V heads, and keeps a transformers ``Cache``.
 
 The cache argument is ``cache`` in current transformers and ``past_key_values`` in older 5.x releases: every forward
 accepts both (one code path) and returns the cache under the output field the installed transformers declares
@@ -39,7 +40,13 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
-from elmtune.models.attention_mask import positions_from_mask, sdpa_attention_mask
+from elmtune.models.attention_mask import (
+    is_packed,
+    packed_rows_mask,
+    packed_segments,
+    positions_from_mask,
+    sdpa_attention_mask,
+)
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.layers import (
     OpenELMDecoderLayer,
@@ -154,7 +161,8 @@ class OpenELMModel(OpenELMPreTrainedModel):
         Args:
             input_ids: Token ids (B, L); give exactly one of ``input_ids`` and ``inputs_embeds``.
             attention_mask: (B, past + L) with 1 for real tokens, or a 4-D (B, 1, L, past + L) mask.
-            position_ids: (B, L); derived from ``attention_mask`` (or the cache length) when omitted.
+            position_ids: (B, L); derived from ``attention_mask`` (or the cache length) when omitted. Without a mask,
+                positions that restart within a row mark sequences packed without padding, attended separately.
             cache: A transformers ``Cache``; created when ``use_cache`` is true.
             inputs_embeds: Embedded inputs (B, L, d).
             use_cache: Whether to return a cache (defaults to the config's ``use_cache`` outside training).
@@ -186,11 +194,17 @@ class OpenELMModel(OpenELMPreTrainedModel):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
 
+        segments = None
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = positions_from_mask(attention_mask, length)
             else:
                 position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, length)
+        elif is_packed(position_ids, attention_mask, past):  # sequences packed without padding
+            if batch == 1:
+                segments = packed_segments(position_ids)
+            else:
+                attention_mask = packed_rows_mask(position_ids)
         attn_mask, is_causal = sdpa_attention_mask(attention_mask, length, past, inputs_embeds.device)
         rotary = self.rotary(position_ids)
 
@@ -199,7 +213,7 @@ class OpenELMModel(OpenELMPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, rotary, attn_mask=attn_mask, is_causal=is_causal, cache=cache)
+            hidden = layer(hidden, rotary, attn_mask=attn_mask, is_causal=is_causal, cache=cache, segments=segments)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
@@ -283,7 +297,8 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
         Args:
             input_ids: Token ids (B, L); give exactly one of ``input_ids`` and ``inputs_embeds``.
             attention_mask: (B, past + L) with 1 for real tokens, or a 4-D (B, 1, L, past + L) mask.
-            position_ids: (B, L); derived from ``attention_mask`` (or the cache length) when omitted.
+            position_ids: (B, L); derived from ``attention_mask`` (or the cache length) when omitted. Without a mask,
+                positions that restart within a row mark sequences packed without padding, attended separately.
             cache: A transformers ``Cache``; created when ``use_cache`` is true.
             inputs_embeds: Embedded inputs (B, L, d).
             labels: (B, L) targets aligned with ``input_ids``; shifted by one inside.
