@@ -107,32 +107,25 @@ def report(label: str, weights: list[torch.Tensor], args: argparse.Namespace) ->
 
 def decode_rates(preset: str, batches: list[int], rounds: int, new_tokens: int = 32) -> dict[int, dict[str, float]]:
     """New tokens/s of greedy decoding per batch size: elmtune's rule, ``F.linear`` only, and the same-shape Llama."""
-    from suite.shapes import llama_model  # benchmarks/ is this script's directory
+    from suite.infer_sides import greedy_decode  # benchmarks/ is this script's directory
+    from suite.shapes import llama_model
 
     models = {"elmtune": load_model(preset).eval(), "llama": llama_model(preset).eval()}
     models["f_linear"] = models["elmtune"]  # the same weights, with reordering switched off below
     prompts = torch.randint(3, 32000, (max(batches), 32), generator=torch.Generator().manual_seed(0))  # (B, T)
     rule = linear_module.reorders
     best: dict[int, dict[str, float]] = {batch: {} for batch in batches}
-    for _ in range(rounds):
-        for batch in batches:
-            for name, model in models.items():
-                linear_module.reorders = (lambda x, w: False) if name == "f_linear" else rule
-                ids = prompts[:batch]
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        do_sample=False,
-                        max_new_tokens=new_tokens,
-                        min_new_tokens=new_tokens,
-                        pad_token_id=0,
-                        eos_token_id=2,
-                    )  # (B, T + new_tokens)
-                rate = batch * new_tokens / (time.perf_counter() - start)
-                best[batch][name] = max(best[batch].get(name, 0.0), rate)
-    linear_module.reorders = rule
+    try:
+        for _ in range(rounds):
+            for batch in batches:
+                for name, model in models.items():
+                    linear_module.reorders = (lambda x, w: False) if name == "f_linear" else rule
+                    start = time.perf_counter()
+                    greedy_decode(model, prompts[:batch], new_tokens)
+                    rate = batch * new_tokens / (time.perf_counter() - start)
+                    best[batch][name] = max(best[batch].get(name, 0.0), rate)
+    finally:
+        linear_module.reorders = rule
     return best
 
 

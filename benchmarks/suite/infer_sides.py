@@ -70,6 +70,23 @@ def _eval_result(questions: list, picks: list[int], seconds: float) -> dict[str,
     return {"metrics": metrics, "info": {"picks": [int(p) for p in picks]}}
 
 
+def greedy_decode(model: Any, ids: Any, new_tokens: int) -> None:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens after the (B, T) prompts ``ids`` (EOS held back)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=0,
+            eos_token_id=2,
+        )  # (B, T + new_tokens)
+    assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
+
+
 def generation(settings: Settings, side: str) -> dict[str, Any]:
     """Greedy decoding speed of one side (elmtune, llama or apple): new tokens per second at batch 1 and batched."""
     import torch
@@ -86,22 +103,8 @@ def generation(settings: Settings, side: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, 32000, (settings.generate_batch, settings.prompt_tokens), generator=generator)  # (P, T)
     n = settings.new_tokens
-
-    def decode(ids: torch.Tensor) -> None:
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=n,
-                min_new_tokens=n,
-                pad_token_id=0,
-                eos_token_id=2,
-            )  # (B, T + n)
-        assert out.shape[1] == ids.shape[1] + n, out.shape
-
-    single = best_of(settings, lambda: decode(prompts[:1]))
-    batched = best_of(settings, lambda: decode(prompts), warmup=0)
+    single = best_of(settings, lambda: greedy_decode(model, prompts[:1], n))
+    batched = best_of(settings, lambda: greedy_decode(model, prompts, n), warmup=0)
     metrics = {
         "batch1_tokens_per_s": n / single,
         "batched_tokens_per_s": settings.generate_batch * n / batched,

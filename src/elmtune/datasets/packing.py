@@ -7,9 +7,9 @@ one example never learns to predict the next example.
 
 Padding-free batches (:func:`collate_padding_free`, ``DataConfig(padding_free=True)``) are the same idea for one
 micro-batch: its examples (with packing, its packs' examples: :func:`collate_packs_padding_free`), unchanged and in
-order, go into a single row with restarting ``position_ids`` and no
-mask, which the model reads as separate sequences (``elmtune.models.attention_mask``). Nothing is padded, so no
-compute is spent on padding; the loss is the padded batch's, up to float rounding.
+order, go into a single row with restarting ``position_ids`` and no mask, which the model reads as separate sequences
+(``elmtune.models.attention_mask``). Nothing is padded, so no compute is spent on padding; the loss is the padded
+batch's, up to float rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from elmtune.datasets.collate import pad_right, padded_length
 from elmtune.datasets.encoding import IGNORE_INDEX
 from elmtune.datasets.supervised import TokenizedExample
 from elmtune.models import PAD_TOKEN_ID
+from elmtune.models.attention_mask import block_causal_mask
 
 PackStrategy = Literal["best_fit", "sequential"]
 
@@ -101,25 +102,6 @@ class PackedDataset(Dataset):
     def lengths(self) -> list[int]:
         """Tokens in each pack."""
         return [sum(len(self.examples[i]) for i in pack) for pack in self.packs]
-
-
-def block_causal_mask(sequence_ids: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal causal attention mask from per-token example ids.
-
-    Args:
-        sequence_ids: (B, L) index of the example each token belongs to; -1 on padding.
-
-    Returns:
-        (B, 1, L, L) bool, True where query i may attend to key j: same example and j <= i. A padding query attends
-        only to itself (a row with no key would give NaN).
-    """
-    length = sequence_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=sequence_ids.device).tril()  # (L, L)
-    same = sequence_ids[:, :, None] == sequence_ids[:, None, :]  # (B, L, L)
-    real = (sequence_ids >= 0)[:, :, None]  # (B, L, 1)
-    eye = torch.eye(length, dtype=torch.bool, device=sequence_ids.device)  # (L, L)
-    mask = (same & causal & real) | (eye & ~real)  # (B, L, L)
-    return mask[:, None]  # (B, 1, L, L)
 
 
 def collate_packed(

@@ -94,13 +94,35 @@ def packed_segments(position_ids: torch.Tensor) -> tuple[int, ...]:
     return tuple(end - start for start, end in zip(bounds, bounds[1:], strict=False))
 
 
+def block_causal_mask(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal attention mask from per-token example ids.
+
+    Args:
+        sequence_ids: (B, L) index of the example each token belongs to; -1 on padding.
+
+    Returns:
+        (B, 1, L, L) bool, True where query i may attend to key j: same example and j <= i. A padding query attends
+        only to itself (a row with no key would give NaN).
+    """
+    length = sequence_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=sequence_ids.device).tril()  # (L, L)
+    same = sequence_ids[:, :, None] == sequence_ids[:, None, :]  # (B, L, L)
+    real = (sequence_ids >= 0)[:, :, None]  # (B, L, 1)
+    eye = torch.eye(length, dtype=torch.bool, device=sequence_ids.device)  # (L, L)
+    mask = (same & causal & real) | (eye & ~real)  # (B, L, L)
+    return mask[:, None]  # (B, 1, L, L)
+
+
 def packed_rows_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """Block-diagonal causal mask (B, 1, L, L) of packed rows (see :func:`is_packed`): True where a query attends."""
-    sequence = _sequence_starts(position_ids).long().cumsum(-1)  # (B, L): which sequence of its row
-    length = position_ids.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()  # (L, L)
-    same = sequence[:, :, None] == sequence[:, None, :]  # (B, L, L)
-    return (same & causal)[:, None]  # (B, 1, L, L)
+    return block_causal_mask(_sequence_starts(position_ids).long().cumsum(-1))  # sequence ids (B, L), none padding
 
 
-__all__ = ["is_packed", "packed_rows_mask", "packed_segments", "positions_from_mask", "sdpa_attention_mask"]
+__all__ = [
+    "block_causal_mask",
+    "is_packed",
+    "packed_rows_mask",
+    "packed_segments",
+    "positions_from_mask",
+    "sdpa_attention_mask",
+]
