@@ -2,14 +2,16 @@
 
     python benchmarks/padding_free.py                   # 270M, Apple's targets, r 32, 3 batches of 8, best of 3
     python benchmarks/padding_free.py --batch 16 --batches 2
+    python benchmarks/padding_free.py --grouped         # the length-grouped sampler's batches (little padding)
     python benchmarks/padding_free.py --quick           # tiny preset: seconds
 
 The examples are rows of ``benchmarks/data/commonsense_train_sample2000.json`` tokenised as Apple's commonsense
 recipe does (the alpaca template, every token trained, max length 256), drawn into micro-batches with a seeded
-permutation. Each batch runs forward and backward through the same LoRA model (the SFT loss with Apple's z-loss) in
-two layouts: right-padded to its longest example with a 2-D mask (``collate_padded``), and all its examples in one row
-without padding (``collate_padding_free``). The layouts alternate batch by batch and round by round; the table gives
-each layout's best total over the batches, the tokens each computes, and checks that both give the same loss.
+permutation (or, with ``--grouped``, the first batches of elmtune's length-grouped sampler). Each batch runs forward
+and backward through the same LoRA model (the SFT loss with Apple's z-loss) in two layouts: right-padded to its
+longest example with a 2-D mask (``collate_padded``), and all its examples in one row without padding
+(``collate_padding_free``). The layouts alternate batch by batch and round by round; the table gives each layout's
+best total over the batches, the tokens each computes, and checks that both give the same loss.
 """
 
 from __future__ import annotations
@@ -28,16 +30,24 @@ from suite.settings import Settings  # noqa: E402
 from suite.train_sides import elmtune_adapted  # noqa: E402
 
 
-def batches_of(batch: int, count: int, max_length: int, seed: int = 0) -> list[list]:
-    """``count`` micro-batches of ``batch`` tokenised commonsense examples, drawn with a seeded permutation."""
+def batches_of(batch: int, count: int, max_length: int, seed: int = 0, *, grouped: bool = False) -> list[list]:
+    """``count`` micro-batches of ``batch`` tokenised commonsense examples.
+
+    Drawn with a seeded permutation, or with ``grouped`` as the first ``count`` batches of elmtune's length-grouped
+    sampler (what a run with ``group_by_length``, the default, trains on).
+    """
     from elmtune.datasets import prepare_data
     from elmtune.datasets.config import DataConfig
+    from elmtune.datasets.sampler import LengthGroupedBatchSampler
     from elmtune.models import load_tokenizer
 
     config = DataConfig(
         path=str(DATA), format="commonsense", template="alpaca", train_on_prompt=True, max_length=max_length
     )
     examples = prepare_data(config, load_tokenizer("tiny")).train  # every preset shares the tokenizer
+    if grouped:
+        sampler = LengthGroupedBatchSampler([len(e) for e in examples], batch, seed=seed)
+        return [[examples[i] for i in indices] for indices in sampler.global_batches(0)[:count]]
     order = np.random.default_rng(seed).permutation(len(examples))
     return [[examples[i] for i in order[k * batch : (k + 1) * batch]] for k in range(count)]
 
@@ -83,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=3, help="micro-batches timed per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best total of each layout is kept")
     parser.add_argument("--max-length", type=int, default=256, help="longest example in tokens")
+    parser.add_argument(
+        "--grouped", action="store_true", help="length-grouped micro-batches (the sampler's default) instead of random"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny preset, 2 batches of 4, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
@@ -90,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch, args.batches, args.rounds) < 1 or args.max_length < 2:
         parser.error("--batch, --batches and --rounds must be at least 1 and --max-length at least 2")
     settings = Settings(preset=args.preset)
-    result = measure(settings, batches_of(args.batch, args.batches, args.max_length), args.rounds)
+    batches = batches_of(args.batch, args.batches, args.max_length, grouped=args.grouped)
+    result = measure(settings, batches, args.rounds)
     print(f"# python benchmarks/padding_free.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(
-        f"# {args.preset}, LoRA r {settings.r} on {settings.targets}, {args.batches} batches of {args.batch}, ", end=""
+        f"# {args.preset}, LoRA r {settings.r} on {settings.targets}, {args.batches} "
+        f"{'length-grouped' if args.grouped else 'random'} batches of {args.batch}, ",
+        end="",
     )
     print(f"best of {args.rounds}, {result['threads']} threads")
     print("| layout | tokens computed | best seconds | speed-up |\n|---|---:|---:|---:|")

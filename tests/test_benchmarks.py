@@ -172,6 +172,22 @@ def test_quick_generate_rows_run_each_side_in_its_own_process_and_land_in_result
     assert "| generate-b1-vs-llama |" in text and f"{ratio:.3f}x" in text
 
 
+def test_quick_eval_rows_compare_whole_processes_and_the_scoring_alone_with_the_same_picks(tmp_path):
+    argv = ["eval", "--quick", "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run.py"), *argv], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["row"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    for name in ("eval-vs-lm-eval-apple", "eval-scoring-vs-lm-eval-apple"):
+        assert rows[name]["skipped"] == "skipped: --apple-code not given"
+    whole, scoring = rows["eval-vs-lm-eval"], rows["eval-scoring-vs-lm-eval"]
+    assert whole["notes"] == scoring["notes"] and whole["notes"]["identical_picks"] == "4/4"
+    assert scoring["target"] == "report" and whole["target"] == ">= 4x"
+    for side in ("a", "b"):  # scoring is part of each process: its rate is higher than the whole process's
+        assert scoring[side]["best"] > whole[side]["best"] > 0
+
+
 def test_apple_code_loads_from_a_directory_as_a_package_of_its_own(tmp_path):
     from suite.apple_code import load_apple_classes, missing_files
 
@@ -256,8 +272,16 @@ def test_quick_real_data_and_scale_rows_train_the_same_tokens_on_every_side(tmp_
     notes = speed["notes"]
     ours, theirs = notes["tokens trained (elmtune / peer)"].split(" / ")
     assert notes["identical tokens"] == "yes" and int(ours) == int(theirs) > 8  # one pass over the same 8 examples
+    trained = int(ours)
     ours, theirs = notes["adapter parameters (elmtune / peer)"].split(" / ")
     assert int(ours) == int(theirs) > 0
+    assert rows["real-data-loop-vs-apple"]["skipped"] == "skipped: --apple-code not given"
+    loop = rows["real-data-loop-vs-trl"]
+    # the loop excludes start-up, tokenisation and saving: faster than the whole process on both sides
+    assert loop["a"]["best"] > speed["a"]["best"] and loop["b"]["best"] > speed["b"]["best"]
+    ours, theirs = loop["notes"]["positions computed (elmtune / peer)"].split(" / ")
+    assert int(ours) == trained  # padding-free: elmtune computes exactly the tokens it trains on
+    assert int(theirs) >= trained  # TRL pads each batch to its longest example
     for name in ("real-data-peak-rss-vs-trl", "real-data-checkpointing-peak-rss-vs-trl"):
         assert rows[name]["unit"] == "MiB" and rows[name]["a"]["best"] > 100 and rows[name]["target"] == "report"
     for name in ("scale-2-processes-vs-1", "scale-2-processes-vs-1-wall"):
@@ -265,7 +289,7 @@ def test_quick_real_data_and_scale_rows_train_the_same_tokens_on_every_side(tmp_
         assert row["a"]["best"] > 0 and row["b"]["best"] > 0 and row["target_met"] is None
         assert row["notes"]["processes x threads (2 / 1)"] == "2 x 1 vs 1 x 1"  # --quick: one thread per process
     (stored,) = results.glob("*.jsonl")
-    assert len(stored.read_text().splitlines()) == len(rows) == 8
+    assert len(stored.read_text().splitlines()) == len(rows) == 10
 
 
 def test_quick_padding_free_comparison_runs_and_finds_the_same_loss_in_fewer_tokens():
@@ -282,3 +306,21 @@ def test_quick_padding_free_comparison_runs_and_finds_the_same_loss_in_fewer_tok
     assert 0 < free < padded  # the sample's examples differ in length: padding costs tokens
     difference = float(done.stdout.split("between the layouts: ")[1])
     assert difference < 1e-5
+
+
+def test_grouped_padding_free_batches_are_the_length_grouped_samplers_sorted_disjoint_batches():
+    import padding_free
+
+    random = padding_free.batches_of(8, 3, 256)
+    grouped = padding_free.batches_of(8, 3, 256, grouped=True)
+    ids = [tuple(example.input_ids.tolist()) for batch in grouped for example in batch]
+    assert len(grouped) == 3 and all(len(batch) == 8 for batch in grouped) and len(set(ids)) == 24
+    for batch in grouped:  # grouped within a window, longest first
+        lengths = [len(example) for example in batch]
+        assert lengths == sorted(lengths, reverse=True)
+
+    def padding(batches):
+        real = sum(len(e) for b in batches for e in b)
+        return sum(len(b) * max(map(len, b)) for b in batches) / real - 1
+
+    assert padding(grouped) < padding(random)

@@ -181,6 +181,19 @@ def eval_group() -> Group:
             notes=_same_picks("eval-elmtune", "eval-lm-eval-apple"),
         ),
     ]
+    scoring = Pick("eval-elmtune", "questions", per="scoring_seconds")
+    for peer, on in (("eval-lm-eval", "our model"), ("eval-lm-eval-apple", "Apple's code")):
+        rows.append(
+            Row(
+                peer.replace("eval-lm-eval", "eval-scoring-vs-lm-eval"),
+                f"multiple-choice eval, questions/s of the scoring alone (lm-eval HF backend on {on})",
+                scoring,  # the scorer's construction and scoring: no imports, no model build, no data loading
+                Pick(peer, "questions", per="scoring_seconds"),
+                "questions/s",
+                True,
+                notes=_same_picks("eval-elmtune", peer),
+            )
+        )
     return Group("eval", sides, rows)
 
 

@@ -100,12 +100,41 @@ def trainer_arguments(config: Any, output_dir: str) -> dict[str, Any]:
     }
 
 
+def _count_positions(trainer: Any) -> list[int]:
+    """Make the trainer's collator count the token positions of every batch it builds (padding included).
+
+    Returns:
+        The running count (one number in a list), updated as batches are collated.
+    """
+    positions = [0]
+    collate = trainer.data_collator
+
+    def counting(features: list[Any]) -> Any:
+        batch = collate(features)
+        positions[0] += batch["input_ids"].numel()  # (B, L): the positions the model computes
+        return batch
+
+    trainer.data_collator = counting
+    return positions
+
+
 def _finish(trainer: Any, settings: Settings, config: Any, info: dict[str, Any]) -> dict[str, Any]:
-    """Train, save the adapter, and report the run's metrics."""
-    trainer.train()
+    """Train, save the adapter, and report the run's metrics.
+
+    ``loop_seconds`` is the ``Trainer``'s own ``train_runtime`` (the training loop: batches, steps, logging; not the
+    start-up, tokenisation or saving); ``positions`` counts the token positions of every collated batch, padding
+    included, i.e. what the model computed.
+    """
+    positions = _count_positions(trainer)
+    output = trainer.train()
     trainer.save_model(tempfile.mkdtemp(prefix="peer-adapter-", dir=settings.workdir))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    metrics = {"examples": config.data.limit, "peak_rss_mib": peak_rss_mib()}
+    metrics = {
+        "examples": config.data.limit,
+        "peak_rss_mib": peak_rss_mib(),
+        "loop_seconds": output.metrics["train_runtime"],
+        "positions": positions[0],
+    }
     return {"metrics": metrics, "info": {**info, "adapter_parameters": trainable}}
 
 

@@ -3,7 +3,8 @@
 The worker starts ``python -m elmtune.cli train ...`` (see :mod:`suite.real_data`), waits for it and reports its wall
 time, its peak resident memory (the largest ``ru_maxrss`` of the waited-for children: with several processes, that of
 the largest one) and the throughput of its steps from the run's ``metrics.jsonl`` (tokens that are not padding, over
-the summed step time, start-up excluded).
+the summed step time, start-up excluded). That summed step time is the run's ``loop_seconds``: collating and
+computing every step, without start-up, tokenisation or saving.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def step_throughput(metrics_file: Path) -> dict[str, float]:
     tokens = sum(row["tokens"] for row in steps)
     seconds = max(row["elapsed_s"] for row in steps)
     return {"tokens": tokens, "steps": len(steps), "step_seconds_total": seconds, "tokens_per_s": tokens / seconds}
+
+
+def padding_free(run_dir: Path) -> bool:
+    """Whether the run trained on padding-free batches, from the ``config.yaml`` its run directory keeps."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return bool(config["data"].get("padding_free"))
 
 
 def adapter_parameters(run_dir: Path) -> int:
@@ -74,8 +83,11 @@ def elmtune_train(settings: Settings, *, checkpointing: bool = False, processes:
         "examples": settings.examples,
         "run_seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "loop_seconds": throughput["step_seconds_total"],
         **throughput,
     }
+    if padding_free(run_dir):  # one unpadded row per micro-batch: the positions computed are the tokens
+        metrics["positions"] = throughput["tokens"]
     info = {
         "adapter_parameters": adapter_parameters(run_dir),
         "processes": processes,
