@@ -34,7 +34,11 @@ def batches_of(batch: int, count: int, max_length: int, seed: int = 0, *, groupe
     """``count`` micro-batches of ``batch`` tokenised commonsense examples.
 
     Drawn with a seeded permutation, or with ``grouped`` as the first ``count`` batches of elmtune's length-grouped
-    sampler (what a run with ``group_by_length``, the default, trains on).
+    sampler at ``batch`` examples per step (what a run with ``group_by_length``, the default, and no gradient
+    accumulation trains on).
+
+    Raises:
+        ValueError: The sample has fewer than ``batch * count`` examples.
     """
     from elmtune.datasets import prepare_data
     from elmtune.datasets.config import DataConfig
@@ -45,6 +49,8 @@ def batches_of(batch: int, count: int, max_length: int, seed: int = 0, *, groupe
         path=str(DATA), format="commonsense", template="alpaca", train_on_prompt=True, max_length=max_length
     )
     examples = prepare_data(config, load_tokenizer("tiny")).train  # every preset shares the tokenizer
+    if batch * count > len(examples):
+        raise ValueError(f"--batches x --batch is {batch * count}, more than the sample's {len(examples)} examples")
     if grouped:
         sampler = LengthGroupedBatchSampler([len(e) for e in examples], batch, seed=seed)
         return [[examples[i] for i in indices] for indices in sampler.global_batches(0)[:count]]
@@ -103,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch, args.batches, args.rounds) < 1 or args.max_length < 2:
         parser.error("--batch, --batches and --rounds must be at least 1 and --max-length at least 2")
     settings = Settings(preset=args.preset)
-    batches = batches_of(args.batch, args.batches, args.max_length, grouped=args.grouped)
+    try:
+        batches = batches_of(args.batch, args.batches, args.max_length, grouped=args.grouped)
+    except ValueError as err:
+        parser.error(str(err))
     result = measure(settings, batches, args.rounds)
     print(f"# python benchmarks/padding_free.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(

@@ -182,10 +182,13 @@ def eval_group() -> Group:
         ),
     ]
     scoring = Pick("eval-elmtune", "questions", per="scoring_seconds")
-    for peer, on in (("eval-lm-eval", "our model"), ("eval-lm-eval-apple", "Apple's code")):
+    for name, peer, on in (
+        ("eval-scoring-vs-lm-eval", "eval-lm-eval", "our model"),
+        ("eval-scoring-vs-lm-eval-apple", "eval-lm-eval-apple", "Apple's code"),
+    ):
         rows.append(
             Row(
-                peer.replace("eval-lm-eval", "eval-scoring-vs-lm-eval"),
+                name,
                 f"multiple-choice eval, questions/s of the scoring alone (lm-eval HF backend on {on})",
                 scoring,  # the scorer's construction and scoring: no imports, no model build, no data loading
                 Pick(peer, "questions", per="scoring_seconds"),

@@ -3,8 +3,8 @@
 The worker starts ``python -m elmtune.cli train ...`` (see :mod:`suite.real_data`), waits for it and reports its wall
 time, its peak resident memory (the largest ``ru_maxrss`` of the waited-for children: with several processes, that of
 the largest one) and the throughput of its steps from the run's ``metrics.jsonl`` (tokens that are not padding, over
-the summed step time, start-up excluded). That summed step time is the run's ``loop_seconds``: collating and
-computing every step, without start-up, tokenisation or saving.
+the summed step time, start-up excluded). That summed step time (``step_seconds_total``) is the run's training loop:
+collating and computing every step, without start-up, tokenisation or saving.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def elmtune_train(settings: Settings, *, checkpointing: bool = False, processes:
         "examples": settings.examples,
         "run_seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "loop_seconds": throughput["step_seconds_total"],
         **throughput,
     }
     if padding_free(run_dir):  # one unpadded row per micro-batch: the positions computed are the tokens

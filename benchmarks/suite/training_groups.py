@@ -69,7 +69,7 @@ def _loop_row(name: str, peer: str, what: str) -> Row:
     return Row(
         name,
         f"LoRA training on real data, examples/s of the training loop ({what})",
-        Pick(ELMTUNE, "examples", per="loop_seconds"),  # the summed step time of metrics.jsonl
+        Pick(ELMTUNE, "examples", per="step_seconds_total"),  # the summed step time of metrics.jsonl
         Pick(peer, "examples", per="loop_seconds"),  # the Trainer's train_runtime
         "examples/s",
         True,
