@@ -4,6 +4,7 @@
     python benchmarks/run.py train-step eval           # some groups
     python benchmarks/run.py real-data --examples 64   # Apple's commonsense recipe on 64 real examples
     python benchmarks/run.py --all --quick             # tiny preset, small shapes: a smoke test in about a minute
+    python benchmarks/run.py real-data --skip-side real-elmtune-checkpointing   # leave one side out
     python benchmarks/run.py --all --apple-code DIR    # also Apple's hub modeling code (configuration_openelm.py
                                                        # and modeling_openelm.py from a hub download)
 
@@ -58,6 +59,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--update-readme", action="store_true", help="regenerate the table in the README")
     parser.add_argument("--readme", type=Path, default=BENCHMARKS / "README.md", help="the README to regenerate")
     parser.add_argument(
+        "--skip-side",
+        action="append",
+        default=[],
+        metavar="SIDE",
+        help="leave this side out (repeatable); the rows that read it are reported as skipped",
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="where the run's scratch directory is made (default: the temp dir)"
     )
     args = parser.parse_args(argv)
@@ -66,6 +74,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown group {unknown[0]!r}; choose from {', '.join(groups)} or give --all")
     if not args.groups and not args.all and not args.update_readme:
         parser.error("name the groups to run (e.g. train-step) or give --all")
+    sides = sorted({side.name for group in all_groups().values() for side in group.sides})
+    for side in args.skip_side:
+        if side not in sides:
+            parser.error(f"--skip-side {side!r} is not a side; choose from {', '.join(sides)}")
     if args.apple_code is not None and missing_files(args.apple_code):
         parser.error(f"--apple-code {args.apple_code} lacks {', '.join(missing_files(args.apple_code))}")
     if not args.readme.is_file() and args.update_readme:
@@ -114,7 +126,7 @@ def measure(args: argparse.Namespace, chosen: list[str], rounds: int, command: s
     try:
         for name in chosen:
             try:
-                rows = run_group(groups[name], settings, rounds, log)
+                rows = run_group(groups[name], settings, rounds, log, skip=frozenset(args.skip_side))
             except SideFailed as failure:
                 log(f"error: {name}: {failure}")
                 return 1

@@ -71,6 +71,18 @@ def test_a_capped_group_runs_once_and_quick_arguments_reach_only_quick_runs(tmp_
     assert flagged.argv(Settings().quick()) == ["prog", "--side", "--quick"]
 
 
+def test_a_skipped_side_never_runs_and_only_the_rows_reading_it_are_skipped_naming_it(tmp_path):
+    trail = tmp_path / "trail.txt"
+    kept = Row("kept", "time", Pick("a", "s"), Pick("b", "s"), "s", False)
+    dropped = Row("dropped", "time", Pick("a", "s"), Pick("c", "s"), "s", False, Target("<=", 1.0))
+    sides = [_side("a", "3", trail), _side("b", "4", trail), _side("c", "5", trail)]
+    group = Group("g", sides, [kept, dropped])
+    ran, skipped = run_group(group, Settings(), rounds=1, log=lambda _: None, skip=frozenset({"c"}))
+    assert [line.split()[0] for line in trail.read_text().splitlines()] == ["a", "b"]
+    assert ran["ratio"] == pytest.approx(3.0 / 4.0)
+    assert skipped == {"row": "dropped", "what": "time", "skipped": "skipped: --skip-side c", "target": "<= 1x"}
+
+
 def test_picks_subtract_divide_and_take_constants_per_round():
     rounds = _rounds({"a": [30.0, 50.0], "floor": [10.0, 20.0]})
     assert Pick("a", "x", minus=("floor", "x")).values(rounds, {}) == [20.0, 30.0]
@@ -125,6 +137,7 @@ def test_usage_mistakes_are_one_line_naming_the_option(tmp_path, capsys):
         (["dpo", "--preset", "7B"], "--preset '7B'"),
         (["real-data", "--examples", "0"], "--examples must be between 1 and 2000"),
         (["scale", "--examples", "2001"], "--examples must be between 1 and 2000"),
+        (["real-data", "--skip-side", "real-peft"], "--skip-side 'real-peft' is not a side"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             parse_args(argv)

@@ -178,10 +178,20 @@ def row_result(row: Row, rounds: list[dict[str, dict]], context: dict[str, Any])
     return result
 
 
-def run_group(group: Group, settings: Settings, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Run every available side of the group ``rounds`` times, interleaved, and return one result per row."""
+def run_group(
+    group: Group,
+    settings: Settings,
+    rounds: int,
+    log: Callable[[str], None],
+    skip: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Run every available side of the group ``rounds`` times, interleaved, and return one result per row.
+
+    Sides named in ``skip`` (``--skip-side``) are left out, like Apple's without ``--apple-code``; the rows that
+    read them are reported as skipped, naming why.
+    """
     have_apple = bool(settings.apple_code)
-    sides = [s for s in group.sides if have_apple or not s.needs_apple]
+    sides = [s for s in group.sides if (have_apple or not s.needs_apple) and s.name not in skip]
     context = group.setup(settings) if group.setup is not None else {}
     results: list[dict[str, dict]] = []
     rounds = min(rounds, group.max_rounds or rounds)
@@ -196,7 +206,9 @@ def run_group(group: Group, settings: Settings, rounds: int, log: Callable[[str]
     for row in group.rows:
         if not row.sides() <= names:
             target = str(row.target) if row.target else "report"
-            out.append({"row": row.name, "what": row.what, "skipped": APPLE_SKIP, "target": target})
+            left_out = sorted(row.sides() & skip)
+            why = f"skipped: --skip-side {', '.join(left_out)}" if left_out else APPLE_SKIP
+            out.append({"row": row.name, "what": row.what, "skipped": why, "target": target})
             continue
         out.append(row_result(row, results, context))
     return out
