@@ -7,6 +7,8 @@
     python benchmarks/run.py real-data --skip-side real-elmtune-checkpointing   # leave one side out
     python benchmarks/run.py --all --apple-code DIR    # also Apple's hub modeling code (configuration_openelm.py
                                                        # and modeling_openelm.py from a hub download)
+    python benchmarks/run.py train-step --apple-code DIR --apple-python OLD/bin/python
+                                                       # Apple's sides under the transformers it was written for
 
 Each row prints one JSON line; rows are appended to ``--results-dir`` (default ``benchmarks/results``) as
 ``<UTC date>.jsonl`` with machine info, and ``--update-readme`` regenerates the table in ``benchmarks/README.md``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads in every side (default: torch's; 1 with --quick)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="time steps by wall or CPU time")
     parser.add_argument("--apple-code", type=Path, help="directory with Apple's configuration/modeling_openelm.py")
+    parser.add_argument(
+        "--apple-python",
+        type=Path,
+        help="the Python of an environment with the transformers Apple's code was written for (e.g. 4.40): "
+        "Apple's sides run under it",
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCHMARKS / "results", help="where results are appended")
     parser.add_argument("--update-readme", action="store_true", help="regenerate the table in the README")
     parser.add_argument("--readme", type=Path, default=BENCHMARKS / "README.md", help="the README to regenerate")
@@ -80,6 +89,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--skip-side {side!r} is not a side; choose from {', '.join(sides)}")
     if args.apple_code is not None and missing_files(args.apple_code):
         parser.error(f"--apple-code {args.apple_code} lacks {', '.join(missing_files(args.apple_code))}")
+    if args.apple_python is not None:
+        if args.apple_code is None:
+            parser.error("--apple-python runs Apple's code: give --apple-code DIR too")
+        if not (args.apple_python.is_file() and os.access(args.apple_python, os.X_OK)):
+            parser.error(f"--apple-python {args.apple_python} is not an executable file")
     if not args.readme.is_file() and args.update_readme:
         parser.error(f"--readme {args.readme} does not exist")
     if args.examples is not None and not 1 <= args.examples <= DATA_ROWS:
@@ -100,6 +114,8 @@ def settings_from(args: argparse.Namespace, workdir: Path) -> Settings:
         changes["threads"] = args.threads
     if args.apple_code is not None:
         changes["apple_code"] = str(args.apple_code.resolve())
+    if args.apple_python is not None:
+        changes["apple_python"] = str(args.apple_python.absolute())  # a venv's python is a link: keep its path
     if args.preset:
         changes["preset"] = args.preset
     if args.steps:

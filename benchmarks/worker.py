@@ -20,7 +20,7 @@ from suite.settings import Settings  # noqa: E402
 WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "train-elmtune": lambda s: train_sides.step_metrics(s, train_sides.elmtune_adapted(s)),
     "train-llama": lambda s: train_sides.step_metrics(s, train_sides.llama_adapted(s)),
-    "train-apple": lambda s: train_sides.step_metrics(s, train_sides.apple_adapted(s)),
+    "train-apple": lambda s: train_sides.step_metrics(s, train_sides.apple_adapted(s), count_flops=False),
     "matmul-peak": train_sides.matmul_peak,
     "dora-lora": lambda s: train_sides.dora_variant(s, "lora"),
     "dora-elmtune": lambda s: train_sides.dora_variant(s, "dora"),
@@ -46,11 +46,19 @@ WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
 }
 
 
+def libraries() -> str:
+    """The versions of the libraries a side ran with (Apple's sides may run under another environment)."""
+    from importlib.metadata import version
+
+    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft"))
+
+
 def main() -> None:
     kind, settings = sys.argv[1], Settings.from_json(sys.argv[2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = WORKERS[kind](settings)
+    result.setdefault("info", {})["libraries"] = libraries()
     print(json.dumps(result), flush=True)
 
 

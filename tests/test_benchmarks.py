@@ -129,6 +129,11 @@ def test_the_readme_section_between_the_markers_is_replaced_and_the_rest_kept(tm
 def test_usage_mistakes_are_one_line_naming_the_option(tmp_path, capsys):
     from run import parse_args
 
+    code = tmp_path / "apple-code"
+    code.mkdir()
+    for name in ("configuration_openelm.py", "modeling_openelm.py"):
+        (code / name).write_text("")
+
     for argv, expected in (
         (["--all", "--apple-code", str(tmp_path)], "--apple-code"),
         (["no-such-group"], "unknown group 'no-such-group'"),
@@ -138,6 +143,8 @@ def test_usage_mistakes_are_one_line_naming_the_option(tmp_path, capsys):
         (["real-data", "--examples", "0"], "--examples must be between 1 and 2000"),
         (["scale", "--examples", "2001"], "--examples must be between 1 and 2000"),
         (["real-data", "--skip-side", "real-peft"], "--skip-side 'real-peft' is not a side"),
+        (["train-step", "--apple-python", sys.executable], "give --apple-code DIR too"),
+        (["train-step", "--apple-code", str(code), "--apple-python", str(code)], "is not an executable file"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             parse_args(argv)
@@ -337,3 +344,96 @@ def test_grouped_padding_free_batches_are_the_length_grouped_samplers_sorted_dis
         return sum(len(b) * max(map(len, b)) for b in batches) / real - 1
 
     assert padding(grouped) < padding(random)
+
+
+STAND_IN_CONFIG = """
+class OpenELMConfig:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+"""
+STAND_IN_MODEL = """
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from configuration_openelm import OpenELMConfig
+
+
+class OpenELMForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, v = config.model_dim, getattr(config, "vocab_size", 32000)
+        self.config = config
+        self.token_embeddings = nn.Embedding(v, d)
+        self.qkv_proj, self.out_proj = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.proj_1, self.proj_2 = nn.Linear(d, 2 * d, bias=False), nn.Linear(2 * d, d, bias=False)
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        h = self.out_proj(self.qkv_proj(self.token_embeddings(input_ids)))
+        h = h + self.proj_2(self.proj_1(h))
+        logits = h @ self.token_embeddings.weight.T
+        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return SimpleNamespace(loss=loss, logits=logits)
+"""
+NO_ELMTUNE_PYTHON = """#!{python}
+import runpy, sys
+
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "elmtune":
+            raise ImportError("elmtune imported under --apple-python")
+
+
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_apples_side_runs_under_apple_python_without_elmtune_and_the_rows_name_both_libraries(tmp_path):
+    code = tmp_path / "apple-code"
+    code.mkdir()
+    (code / "configuration_openelm.py").write_text(STAND_IN_CONFIG)
+    (code / "modeling_openelm.py").write_text(STAND_IN_MODEL)
+    python = tmp_path / "python"
+    python.write_text(NO_ELMTUNE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    settings = Settings(apple_code=str(code), apple_python=str(python)).quick()
+    apple = Side("train-apple", "train-apple", needs_apple=True)
+    assert apple.argv(settings)[0] == str(python)
+    assert Side("train-elmtune", "train-elmtune").argv(settings)[0] == sys.executable
+    row = Row("r", "tokens/s", Pick("train-apple", "tokens_per_s"), Pick("train-apple", "tokens_per_s"), "t", True)
+    result = run_group(Group("g", [apple], [row]), settings, rounds=1, log=lambda _: None)[0]
+    assert result["a"]["best"] > 0 and "notes" not in result  # one side: the same libraries
+    probe = tmp_path / "probe.py"
+    probe.write_text("import elmtune\n")
+    refused = subprocess.run([str(python), str(probe)], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "elmtune imported under --apple-python" in refused.stderr
+    rounds = [{"a": {"metrics": {"x": 1.0}, "info": {"libraries": "t 5"}}}]
+    rounds[0]["b"] = {"metrics": {"x": 2.0}, "info": {"libraries": "t 4"}}
+    noted = row_result(Row("n", "x", Pick("a", "x"), Pick("b", "x"), "x", True), rounds, {})
+    assert noted["notes"] == {"libraries (A / B)": "t 5 / t 4"}
+
+
+def test_under_apple_python_the_apple_sides_that_need_elmtune_are_skipped_naming_why(tmp_path):
+    trail = tmp_path / "trail.txt"
+    sides = [_side("a", "1", trail), Side("apart", command=("false",), needs_apple=True, apple_python_ok=False)]
+    rows = [Row("kept", "x", Pick("a", "s"), Pick("a", "s"), "s", False)]
+    rows.append(Row("apart-row", "x", Pick("a", "s"), Pick("apart", "s"), "s", False))
+    settings = Settings(apple_code=str(tmp_path), apple_python=sys.executable)
+    kept, apart = run_group(Group("g", sides, rows), settings, rounds=1, log=lambda _: None)
+    assert kept["ratio"] == 1.0 and "needs Apple's code and elmtune in one process" in apart["skipped"]
+
+
+def test_the_presets_read_for_apples_code_equal_elmtunes_and_import_no_elmtune():
+    from elmtune.models.presets import PRESETS
+
+    probe = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from suite.apple_code import preset_config; "
+        "print(json.dumps([preset_config('270M'), sorted(m for m in sys.modules if m.startswith('elmtune'))]))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(BENCHMARKS)], capture_output=True, text=True, check=True)
+    config, imported = json.loads(out.stdout)
+    assert config == json.loads(json.dumps(PRESETS["270M"])) and imported == []

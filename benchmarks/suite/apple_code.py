@@ -45,16 +45,28 @@ def load_apple_classes(directory: str | Path) -> tuple[type, type]:
     return configuration.OpenELMConfig, modeling.OpenELMForCausalLM
 
 
+def preset_config(preset: str) -> dict[str, Any]:
+    """The config values of an elmtune preset, read from ``presets.py`` alone.
+
+    Importing the ``elmtune`` package registers its model with transformers, which needs the transformers elmtune
+    supports; Apple's code may run under an older one (``--apple-python``), so the plain-Python presets file is
+    loaded by path instead.
+    """
+    path = Path(__file__).resolve().parents[2] / "src" / "elmtune" / "models" / "presets.py"
+    spec = importlib.util.spec_from_file_location("_elmtune_presets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.PRESETS[preset])
+
+
 def apple_model(directory: str | Path, preset: str, weights_from: Any = None) -> Any:
     """Apple's model of a preset's shape in fp32; with ``weights_from`` (elmtune's model) it gets the same weights.
 
     The two implementations name their parameters alike, so elmtune's state dict loads into Apple's model; the
     names that do not match are reported in the error.
     """
-    from elmtune.models.presets import PRESETS
-
     config_class, model_class = load_apple_classes(directory)
-    config = config_class(**PRESETS[preset])
+    config = config_class(**preset_config(preset))
     model = model_class(config).float()
     if weights_from is not None:
         missing, unexpected = model.load_state_dict(weights_from.state_dict(), strict=False)

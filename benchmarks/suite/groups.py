@@ -155,7 +155,7 @@ def eval_group() -> Group:
     sides = [
         Side("eval-elmtune", "eval-elmtune"),
         Side("eval-lm-eval", "eval-lm-eval"),
-        Side("eval-lm-eval-apple", "eval-lm-eval-apple", needs_apple=True),
+        Side("eval-lm-eval-apple", "eval-lm-eval-apple", needs_apple=True, apple_python_ok=False),
     ]
     ours = Pick("eval-elmtune", "questions", per="process_seconds")
     what = "multiple-choice eval, questions/s with start-up"

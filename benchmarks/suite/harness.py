@@ -21,6 +21,9 @@ from typing import Any
 from suite.settings import BENCHMARKS, ROOT, Settings
 
 APPLE_SKIP = "skipped: --apple-code not given"
+APPLE_PYTHON_SKIP = (
+    "skipped: this side needs Apple's code and elmtune in one process, and --apple-python runs Apple's code apart"
+)
 
 
 class SideFailed(RuntimeError):
@@ -32,6 +35,9 @@ class Side:
     """One measured program: a worker kind (``benchmarks/worker.py KIND``) or an explicit command.
 
     An explicit command gets ``quick_args`` appended under ``--quick`` (the worker kinds read the settings instead).
+    A side that needs Apple's code runs under ``settings.apple_python`` when one is given (``--apple-python``: an
+    environment with the transformers Apple's code was written for); ``apple_python_ok`` False marks an Apple side
+    that also needs elmtune in its process and so cannot run there.
     """
 
     name: str
@@ -39,13 +45,15 @@ class Side:
     command: tuple[str, ...] = ()
     needs_apple: bool = False
     quick_args: tuple[str, ...] = ()
+    apple_python_ok: bool = True
 
     def argv(self, settings: Settings) -> list[str]:
         """The command line of one run of this side (``@WORKDIR@`` in a command is the run's scratch directory)."""
         if self.command:
             quick = list(self.quick_args) if settings.is_quick else []
             return [part.replace("@WORKDIR@", settings.workdir) for part in self.command] + quick
-        return [sys.executable, str(BENCHMARKS / "worker.py"), self.kind, settings.to_json()]
+        python = settings.apple_python if self.needs_apple and settings.apple_python else sys.executable
+        return [python, str(BENCHMARKS / "worker.py"), self.kind, settings.to_json()]
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,9 @@ def row_result(row: Row, rounds: list[dict[str, dict]], context: dict[str, Any])
     }
     if row.notes is not None:
         result["notes"] = row.notes(rounds, context)
+    libraries = [rounds[0].get(pick.side, {}).get("info", {}).get("libraries") for pick in (row.a, row.b)]
+    if None not in libraries and libraries[0] != libraries[1]:  # e.g. Apple's side under --apple-python
+        result.setdefault("notes", {})["libraries (A / B)"] = " / ".join(libraries)
     return result
 
 
@@ -191,7 +202,8 @@ def run_group(
     read them are reported as skipped, naming why.
     """
     have_apple = bool(settings.apple_code)
-    sides = [s for s in group.sides if (have_apple or not s.needs_apple) and s.name not in skip]
+    apart = [s.name for s in group.sides if s.needs_apple and settings.apple_python and not s.apple_python_ok]
+    sides = [s for s in group.sides if (have_apple or not s.needs_apple) and s.name not in skip and s.name not in apart]
     context = group.setup(settings) if group.setup is not None else {}
     results: list[dict[str, dict]] = []
     rounds = min(rounds, group.max_rounds or rounds)
@@ -208,6 +220,7 @@ def run_group(
             target = str(row.target) if row.target else "report"
             left_out = sorted(row.sides() & skip)
             why = f"skipped: --skip-side {', '.join(left_out)}" if left_out else APPLE_SKIP
+            why = APPLE_PYTHON_SKIP if not left_out and row.sides() & set(apart) else why
             out.append({"row": row.name, "what": row.what, "skipped": why, "target": target})
             continue
         out.append(row_result(row, results, context))

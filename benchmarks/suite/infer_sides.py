@@ -94,12 +94,13 @@ def generation(settings: Settings, side: str) -> dict[str, Any]:
     set_threads(settings)
     if side == "llama":
         model = llama_model(settings.preset).eval()
+    elif side == "apple":  # its own random weights: EOS is held back, so the values do not change the work
+        from suite.apple_code import apple_model
+
+        torch.manual_seed(0)
+        model = apple_model(settings.apple_code, settings.preset).eval()
     else:
         model, _ = _preset_model(settings)
-        if side == "apple":
-            from suite.apple_code import apple_model
-
-            model = apple_model(settings.apple_code, settings.preset, weights_from=model).eval()
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, 32000, (settings.generate_batch, settings.prompt_tokens), generator=generator)  # (P, T)
     n = settings.new_tokens

@@ -43,6 +43,7 @@ class Settings:
     real_accum: int = 2
     real_max_length: int = 256
     apple_code: str = ""
+    apple_python: str = ""
     workdir: str = ""
     is_quick: bool = False
 

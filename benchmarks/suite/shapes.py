@@ -24,10 +24,10 @@ the full T x T square as PaLM's formula does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from elmtune.models.geometry import ModelGeometry, geometry_from_dict
-from elmtune.models.presets import PRESETS
+if TYPE_CHECKING:  # elmtune is imported only where used: Apple's sides may run without it (``--apple-python``)
+    from elmtune.models.geometry import ModelGeometry
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class LlamaShape:
 
 def preset_geometry(preset: str) -> ModelGeometry:
     """The per-layer geometry of an OpenELM preset."""
+    from elmtune.models.geometry import geometry_from_dict
+    from elmtune.models.presets import PRESETS
+
     return geometry_from_dict(PRESETS[preset])
 
 

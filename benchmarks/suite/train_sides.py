@@ -59,8 +59,12 @@ def adapter_matmul_weights(model: Any) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_embedding_A" not in n)
 
 
-def step_metrics(settings: Settings, model: Any) -> dict[str, Any]:
-    """Time optimizer steps of ``model`` on one random batch; tokens/s, GFLOP/s (OpenELM's count) and peak RSS."""
+def step_metrics(settings: Settings, model: Any, count_flops: bool = True) -> dict[str, Any]:
+    """Time optimizer steps of ``model`` on one random batch; tokens/s, GFLOP/s (OpenELM's count) and peak RSS.
+
+    ``count_flops`` False leaves GFLOP/s out (Apple's side: counting reads elmtune's geometry, and that side may run
+    without elmtune, under ``--apple-python``).
+    """
     import torch
 
     set_threads(settings)
@@ -77,14 +81,13 @@ def step_metrics(settings: Settings, model: Any) -> dict[str, Any]:
 
     seconds = best_of(settings, step)
     tokens_per_s = settings.batch * settings.seq / seconds
-    flops = training_flops_per_token(preset_geometry(settings.preset), settings.seq, adapter_matmul_weights(model))
-    metrics = {
-        "step_seconds": seconds,
-        "tokens_per_s": tokens_per_s,
-        "gflops_per_s": tokens_per_s * flops / 1e9,
-        "peak_rss_mib": peak_rss_mib(),
-    }
-    info = {"flops_per_token": flops, "adapter_parameters": sum(p.numel() for p in params)}
+    metrics = {"step_seconds": seconds, "tokens_per_s": tokens_per_s, "peak_rss_mib": peak_rss_mib()}
+    info = {"adapter_parameters": sum(p.numel() for p in params)}
+    if count_flops:
+        adapter = adapter_matmul_weights(model)
+        flops = training_flops_per_token(preset_geometry(settings.preset), settings.seq, adapter)
+        metrics["gflops_per_s"] = tokens_per_s * flops / 1e9
+        info["flops_per_token"] = flops
     return {"metrics": metrics, "info": info}
 
 

@@ -86,7 +86,7 @@ def real_data_group() -> Group:
     sides = [
         Side(ELMTUNE, ELMTUNE),
         Side(TRL, TRL),
-        Side(APPLE, APPLE, needs_apple=True),
+        Side(APPLE, APPLE, needs_apple=True, apple_python_ok=False),
         Side(CHECKPOINTING, CHECKPOINTING),
     ]
     peak, checkpointed = (
