@@ -437,3 +437,46 @@ def test_the_presets_read_for_apples_code_equal_elmtunes_and_import_no_elmtune()
     out = subprocess.run([sys.executable, "-c", probe, str(BENCHMARKS)], capture_output=True, text=True, check=True)
     config, imported = json.loads(out.stdout)
     assert config == json.loads(json.dumps(PRESETS["270M"])) and imported == []
+
+
+@pytest.mark.parametrize(("offset", "same"), [(0.0, True), (0.01, False)])
+def test_apple_code_check_compares_logits_on_the_same_weights_and_fails_on_a_difference(tmp_path, offset, same):
+    from apple_code_check import main
+
+    code = tmp_path / "apple-code"
+    code.mkdir()
+    (code / "configuration_openelm.py").write_text("from elmtune.models import OpenELMConfig  # noqa: F401\n")
+    (code / "modeling_openelm.py").write_text(
+        "from elmtune.models import OpenELMForCausalLM as Native\n\n\n"
+        "class OpenELMForCausalLM(Native):\n"
+        "    def forward(self, *args, **kwargs):\n"
+        "        out = super().forward(*args, **kwargs)\n"
+        f"        out.logits = out.logits + {offset}\n"
+        "        return out\n"
+    )
+    status = main(["--apple-code", str(code), "--apple-python", sys.executable])
+    assert status == (0 if same else 1)
+
+
+def test_step_memory_counts_the_saved_logits_and_names_each_modules_part(capsys):
+    from step_memory import category, main
+
+    assert main(["--quick"]) == 0
+    sides = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [side["side"] for side in sides] == ["elmtune", "llama"]
+    quick = Settings().quick()
+    logits_mib = quick.batch * quick.seq * 32000 * 4 / 2**20  # fp32 log-probabilities kept for the loss's backward
+    for side in sides:
+        assert side["saved_by_category_mib"]["logits and loss"] >= logits_mib
+        assert side["peak_rss_mib"] >= side["floor_mib"] + side["weights_mib"] + side["saved_mib"]
+    names = {
+        "base_model.model.transformer.layers.3.attn.qkv_proj.lora_A.default": "LoRA",
+        "transformer.layers.0.attn.q_norm": "norms",
+        "transformer.layers.0.ffn_norm": "norms",
+        "model.layers.2.self_attn.o_proj": "attention",
+        "transformer.layers.5.ffn.proj_1": "feed-forward",
+        "model.layers.1.mlp.down_proj": "feed-forward",
+        "model.embed_tokens": "embedding",
+        "": "logits and loss",
+    }
+    assert {name: category(name) for name in names} == names
