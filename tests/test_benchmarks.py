@@ -480,3 +480,22 @@ def test_step_memory_counts_the_saved_logits_and_names_each_modules_part(capsys)
         "": "logits and loss",
     }
     assert {name: category(name) for name in names} == names
+
+
+def test_the_apple_trainer_run_file_holds_elmtunes_tokens_and_old_transformers_get_group_by_length(tmp_path):
+    from suite.peer_trainers import _training_arguments, apple_run_file, elmtune_tokens, write_apple_run
+    from suite.real_data import run_config
+
+    from elmtune.models import load_tokenizer
+
+    settings = Settings(workdir=str(tmp_path), apple_code=str(tmp_path)).quick()
+    assert write_apple_run(Settings(workdir=str(tmp_path)).quick()) == {} and not apple_run_file(settings).exists()
+    write_apple_run(settings)
+    run = json.loads(apple_run_file(settings).read_text())
+    config = run_config(settings, tmp_path)
+    ours = [t.input_ids.tolist() for t in elmtune_tokens(config, load_tokenizer())]
+    assert [row["input_ids"] for row in run["rows"]] == ours and run["examples"] == len(ours) == 8
+    assert run["lora"] == {"r": 4, "lora_alpha": config.adapter.alpha, "lora_dropout": config.adapter.dropout}
+    assert run["trainer"]["train_sampling_strategy"] == "group_by_length" and "output_dir" not in run["trainer"]
+    arguments = _training_arguments(run["trainer"], str(tmp_path / "out"))  # transformers 5: the strategy field
+    assert arguments.train_sampling_strategy == "group_by_length" and arguments.output_dir == str(tmp_path / "out")

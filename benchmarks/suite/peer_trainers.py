@@ -12,16 +12,19 @@ Each side runs in its own process and ends by saving the adapter, as ``elmtune t
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 from suite.measure import peak_rss_mib, set_threads
 from suite.real_data import DATA, run_config
-from suite.settings import Settings
+from suite.settings import ROOT, Settings
 from suite.train_sides import APPLE_TARGETS
 
 EMBEDDING = "token_embeddings"
+TOKENIZER_JSON = ROOT / "src" / "elmtune" / "models" / "tokenizer_files" / "tokenizer.json"
 
 
 def _examples(config: Any) -> list[Any]:
@@ -118,7 +121,7 @@ def _count_positions(trainer: Any) -> list[int]:
     return positions
 
 
-def _finish(trainer: Any, settings: Settings, config: Any, info: dict[str, Any]) -> dict[str, Any]:
+def _finish(trainer: Any, settings: Settings, examples: int, info: dict[str, Any]) -> dict[str, Any]:
     """Train, save the adapter, and report the run's metrics.
 
     ``loop_seconds`` is the ``Trainer``'s own ``train_runtime`` (the training loop: batches, steps, logging; not the
@@ -130,7 +133,7 @@ def _finish(trainer: Any, settings: Settings, config: Any, info: dict[str, Any])
     trainer.save_model(tempfile.mkdtemp(prefix="peer-adapter-", dir=settings.workdir))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = {
-        "examples": config.data.limit,
+        "examples": examples,
         "peak_rss_mib": peak_rss_mib(),
         "loop_seconds": output.metrics["train_runtime"],
         "positions": positions[0],
@@ -170,36 +173,83 @@ def trl_sft(settings: Settings) -> dict[str, Any]:
     theirs = [list(ids) for ids in trainer.train_dataset["input_ids"]]
     ours = [example.input_ids.tolist() for example in elmtune_tokens(config, tokenizer)]
     info = {"identical_tokens": theirs == ours, "tokens": sum(map(len, theirs))}
-    return _finish(trainer, settings, config, info)
+    return _finish(trainer, settings, config.data.limit, info)
+
+
+def apple_run_file(settings: Settings) -> Path:
+    """Where :func:`write_apple_run` puts the Apple side's run (in the benchmark's scratch directory)."""
+    return Path(settings.workdir) / "apple-run.json"
+
+
+def write_apple_run(settings: Settings) -> dict[str, Any]:
+    """The real-data group's set-up: everything the Apple side needs, as JSON, so that it runs without elmtune.
+
+    Apple's code may run under another environment (``--apple-python``, an old transformers that elmtune does not
+    support), so elmtune's part (the settings from the recipe, the tokenisation) is done here, in the benchmark's
+    own process: the token ids and labels, the ``TrainingArguments`` keywords and the LoRA settings.
+    """
+    if not settings.apple_code:
+        return {}
+    from elmtune.models import load_tokenizer
+
+    config = run_config(settings, settings.workdir)
+    rows = [
+        {"input_ids": t.input_ids.tolist(), "labels": t.labels.tolist()}
+        for t in elmtune_tokens(config, load_tokenizer())
+    ]
+    adapter = config.adapter
+    run = {
+        "preset": config.model,
+        "seed": config.train.seed,
+        "examples": config.data.limit,
+        "rows": rows,
+        "trainer": {k: v for k, v in trainer_arguments(config, "").items() if k != "output_dir"},
+        "lora": {"r": adapter.r, "lora_alpha": adapter.alpha, "lora_dropout": adapter.dropout},
+    }
+    apple_run_file(settings).write_text(json.dumps(run))
+    return {}
+
+
+def _training_arguments(keywords: dict[str, Any], output_dir: str) -> Any:
+    """``TrainingArguments`` of the installed transformers (before 5: ``group_by_length`` instead of a strategy)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in fields(TrainingArguments)}
+    keywords = dict(keywords, output_dir=output_dir)
+    if "train_sampling_strategy" not in known:
+        keywords["group_by_length"] = keywords.pop("train_sampling_strategy") == "group_by_length"
+    return TrainingArguments(**keywords)
 
 
 def apple_trainer(settings: Settings) -> dict[str, Any]:
-    """transformers ``Trainer`` + peft on Apple's modeling code: elmtune's token ids, ``DataCollatorForSeq2Seq``."""
-    import torch
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    """transformers ``Trainer`` + peft on Apple's modeling code: elmtune's token ids, ``DataCollatorForSeq2Seq``.
 
-    from elmtune.models import load_tokenizer
+    Reads the run from :func:`write_apple_run`'s file and imports no elmtune (it may run under ``--apple-python``);
+    the collator pads with the bundled Llama-2 tokenizer's pad id 0, as elmtune's tokenizer does.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast, Trainer
+
     from suite.apple_code import apple_model
 
     set_threads(settings)
+    run = json.loads(apple_run_file(settings).read_text())
     out = tempfile.mkdtemp(prefix="apple-", dir=settings.workdir)
-    config = run_config(settings, out)
-    tokenizer = load_tokenizer()
-    tokenized = elmtune_tokens(config, tokenizer)
-    rows = [{"input_ids": t.input_ids.tolist(), "labels": t.labels.tolist()} for t in tokenized]
-    for row in rows:
-        row["attention_mask"] = [1] * len(row["input_ids"])
-    torch.manual_seed(config.train.seed)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON), pad_token="<unk>")  # pad id 0
+    rows = [{**row, "attention_mask": [1] * len(row["input_ids"])} for row in run["rows"]]
+    lora = LoraConfig(**run["lora"], target_modules=[*APPLE_TARGETS, EMBEDDING], task_type="CAUSAL_LM")
+    torch.manual_seed(run["seed"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(apple_model(settings.apple_code, config.model), lora_config(config))
+        model = get_peft_model(apple_model(settings.apple_code, run["preset"]), lora)
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**trainer_arguments(config, out)),
-            train_dataset=Dataset.from_list(rows),
+            args=_training_arguments(run["trainer"], out),
+            train_dataset=rows,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
         )
     info = {"identical_tokens": True, "tokens": sum(len(row["input_ids"]) for row in rows)}
-    return _finish(trainer, settings, config, info)
+    return _finish(trainer, settings, run["examples"], info)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from suite.harness import Group, Pick, Row, Side, Target
+from suite.peer_trainers import write_apple_run
 
 ELMTUNE, CHECKPOINTING, TRL, APPLE = "real-elmtune", "real-elmtune-checkpointing", "real-trl", "real-apple"
 ONE, TWO = "scale-1-process", "scale-2-processes"
@@ -86,7 +87,7 @@ def real_data_group() -> Group:
     sides = [
         Side(ELMTUNE, ELMTUNE),
         Side(TRL, TRL),
-        Side(APPLE, APPLE, needs_apple=True, apple_python_ok=False),
+        Side(APPLE, APPLE, needs_apple=True),
         Side(CHECKPOINTING, CHECKPOINTING),
     ]
     peak, checkpointed = (
@@ -103,7 +104,7 @@ def real_data_group() -> Group:
         _memory_row("real-data-checkpointing-peak-rss-vs-apple", CHECKPOINTING, APPLE, None, checkpointed),
         _memory_row("real-data-checkpointing-peak-rss-vs-trl", CHECKPOINTING, TRL, None, checkpointed),
     ]
-    return Group("real-data", sides, rows)
+    return Group("real-data", sides, rows, setup=write_apple_run)
 
 
 def scale_group() -> Group:
