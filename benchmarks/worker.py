@@ -48,9 +48,15 @@ WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
 
 def libraries() -> str:
     """The versions of the libraries a side ran with (Apple's sides may run under another environment)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft"))
+    found = []
+    for name in ("torch", "transformers", "peft", "lm_eval"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
 
 
 def main() -> None:

@@ -417,16 +417,6 @@ def test_apples_side_runs_under_apple_python_without_elmtune_and_the_rows_name_b
     assert noted["notes"] == {"libraries (A / B)": "t 5 / t 4"}
 
 
-def test_under_apple_python_the_apple_sides_that_need_elmtune_are_skipped_naming_why(tmp_path):
-    trail = tmp_path / "trail.txt"
-    sides = [_side("a", "1", trail), Side("apart", command=("false",), needs_apple=True, apple_python_ok=False)]
-    rows = [Row("kept", "x", Pick("a", "s"), Pick("a", "s"), "s", False)]
-    rows.append(Row("apart-row", "x", Pick("a", "s"), Pick("apart", "s"), "s", False))
-    settings = Settings(apple_code=str(tmp_path), apple_python=sys.executable)
-    kept, apart = run_group(Group("g", sides, rows), settings, rounds=1, log=lambda _: None)
-    assert kept["ratio"] == 1.0 and "needs Apple's code and elmtune in one process" in apart["skipped"]
-
-
 def test_the_presets_read_for_apples_code_equal_elmtunes_and_import_no_elmtune():
     from elmtune.models.presets import PRESETS
 
@@ -499,3 +489,25 @@ def test_the_apple_trainer_run_file_holds_elmtunes_tokens_and_old_transformers_g
     assert run["trainer"]["train_sampling_strategy"] == "group_by_length" and "output_dir" not in run["trainer"]
     arguments = _training_arguments(run["trainer"], str(tmp_path / "out"))  # transformers 5: the strategy field
     assert arguments.train_sampling_strategy == "group_by_length" and arguments.output_dir == str(tmp_path / "out")
+
+
+def test_the_apple_eval_files_hold_the_questions_and_elmtunes_weights_and_its_tokenizer_encodes_alike(tmp_path):
+    from safetensors.torch import load_file
+    from suite.apple_code import bundled_tokenizer
+    from suite.infer_sides import _questions, apple_eval_files, write_apple_eval
+
+    from elmtune.models import load_model, load_tokenizer
+
+    settings = Settings(workdir=str(tmp_path), apple_code=str(tmp_path)).quick()
+    write_apple_eval(settings)
+    requests_file, weights_file = apple_eval_files(settings)
+    run = json.loads(requests_file.read_text())
+    assert run["requests"] == [[list(r) for r in q.requests] for q in _questions(settings)]
+    expected = load_model(settings.preset).state_dict()
+    saved = load_file(str(weights_file))
+    assert set(saved) == set(expected) - {"lm_head.weight"}  # the tied head is the embedding
+    assert all(torch.equal(saved[name], expected[name]) for name in saved)
+    ours, theirs = load_tokenizer(), bundled_tokenizer()
+    for text in ("Question: Which is a mammal?\nAnswer:", " a whale", "naïve café, 42 %"):
+        assert theirs(text)["input_ids"] == ours(text)["input_ids"]
+    assert theirs.pad_token_id == ours.pad_token_id == 0 and theirs.eos_token_id == ours.eos_token_id

@@ -15,6 +15,8 @@ from typing import Any
 
 PACKAGE = "apple_openelm_code"
 FILES = ("configuration_openelm.py", "modeling_openelm.py")
+ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER_JSON = ROOT / "src" / "elmtune" / "models" / "tokenizer_files" / "tokenizer.json"
 
 
 def missing_files(directory: str | Path) -> list[str]:
@@ -52,7 +54,7 @@ def preset_config(preset: str) -> dict[str, Any]:
     supports; Apple's code may run under an older one (``--apple-python``), so the plain-Python presets file is
     loaded by path instead.
     """
-    path = Path(__file__).resolve().parents[2] / "src" / "elmtune" / "models" / "presets.py"
+    path = ROOT / "src" / "elmtune" / "models" / "presets.py"
     spec = importlib.util.spec_from_file_location("_elmtune_presets", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -74,3 +76,26 @@ def apple_model(directory: str | Path, preset: str, weights_from: Any = None) ->
         if missing or unexpected:
             raise RuntimeError(f"Apple's model and elmtune's differ in weights: {missing[:5]} {unexpected[:5]}")
     return model
+
+
+def load_weights(model: Any, path: str | Path) -> None:
+    """Load a safetensors file of elmtune's weights into Apple's model by parameter name (the tied head aside)."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"Apple's model and elmtune's differ in weights: {missing[:5]} {unexpected[:5]}")
+
+
+def bundled_tokenizer() -> Any:
+    """elmtune's bundled Llama-2 tokenizer without elmtune: BOS added, EOS not, pad id 0, right padding.
+
+    Read from its ``tokenizer.json`` with the installed transformers, for sides that run Apple's code under another
+    environment (``--apple-python``); it encodes as ``elmtune.models.load_tokenizer()`` does.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(TOKENIZER_JSON), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )

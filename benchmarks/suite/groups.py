@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.harness import Group, Pick, Row, Side, Target
+from suite.infer_sides import write_apple_eval
 from suite.settings import Settings
 from suite.training_groups import real_data_group, scale_group
 
@@ -155,7 +156,7 @@ def eval_group() -> Group:
     sides = [
         Side("eval-elmtune", "eval-elmtune"),
         Side("eval-lm-eval", "eval-lm-eval"),
-        Side("eval-lm-eval-apple", "eval-lm-eval-apple", needs_apple=True, apple_python_ok=False),
+        Side("eval-lm-eval-apple", "eval-lm-eval-apple", needs_apple=True),
     ]
     ours = Pick("eval-elmtune", "questions", per="process_seconds")
     what = "multiple-choice eval, questions/s with start-up"
@@ -197,7 +198,7 @@ def eval_group() -> Group:
                 notes=_same_picks("eval-elmtune", peer),
             )
         )
-    return Group("eval", sides, rows)
+    return Group("eval", sides, rows, setup=write_apple_eval)
 
 
 def generate_group() -> Group:

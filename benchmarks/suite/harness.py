@@ -21,9 +21,6 @@ from typing import Any
 from suite.settings import BENCHMARKS, ROOT, Settings
 
 APPLE_SKIP = "skipped: --apple-code not given"
-APPLE_PYTHON_SKIP = (
-    "skipped: this side needs Apple's code and elmtune in one process, and --apple-python runs Apple's code apart"
-)
 
 
 class SideFailed(RuntimeError):
@@ -36,8 +33,7 @@ class Side:
 
     An explicit command gets ``quick_args`` appended under ``--quick`` (the worker kinds read the settings instead).
     A side that needs Apple's code runs under ``settings.apple_python`` when one is given (``--apple-python``: an
-    environment with the transformers Apple's code was written for); ``apple_python_ok`` False marks an Apple side
-    that also needs elmtune in its process and so cannot run there.
+    environment with the transformers Apple's code was written for); such a side imports no elmtune.
     """
 
     name: str
@@ -45,7 +41,6 @@ class Side:
     command: tuple[str, ...] = ()
     needs_apple: bool = False
     quick_args: tuple[str, ...] = ()
-    apple_python_ok: bool = True
 
     def argv(self, settings: Settings) -> list[str]:
         """The command line of one run of this side (``@WORKDIR@`` in a command is the run's scratch directory)."""
@@ -202,8 +197,7 @@ def run_group(
     read them are reported as skipped, naming why.
     """
     have_apple = bool(settings.apple_code)
-    apart = [s.name for s in group.sides if s.needs_apple and settings.apple_python and not s.apple_python_ok]
-    sides = [s for s in group.sides if (have_apple or not s.needs_apple) and s.name not in skip and s.name not in apart]
+    sides = [s for s in group.sides if (have_apple or not s.needs_apple) and s.name not in skip]
     context = group.setup(settings) if group.setup is not None else {}
     results: list[dict[str, dict]] = []
     rounds = min(rounds, group.max_rounds or rounds)
@@ -220,7 +214,6 @@ def run_group(
             target = str(row.target) if row.target else "report"
             left_out = sorted(row.sides() & skip)
             why = f"skipped: --skip-side {', '.join(left_out)}" if left_out else APPLE_SKIP
-            why = APPLE_PYTHON_SKIP if not left_out and row.sides() & set(apart) else why
             out.append({"row": row.name, "what": row.what, "skipped": why, "target": target})
             continue
         out.append(row_result(row, results, context))

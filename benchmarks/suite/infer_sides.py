@@ -9,7 +9,10 @@ The row's speed counts the whole process, start-up included. Generation sides de
 
 from __future__ import annotations
 
+import json
 import time
+from collections import namedtuple
+from pathlib import Path
 from typing import Any
 
 from suite.measure import best_of, peak_rss_mib, set_threads
@@ -17,6 +20,7 @@ from suite.settings import ROOT, Settings
 from suite.shapes import llama_model
 
 DATA = ROOT / "tests" / "fixtures" / "commonsense"
+Request = namedtuple("Request", "args")  # lm-eval reads a request's (context, continuation) from .args
 
 
 def _questions(settings: Settings) -> list:
@@ -42,31 +46,85 @@ def eval_elmtune(settings: Settings) -> dict[str, Any]:
     start = time.perf_counter()
     scorer = LoglikelihoodScorer(model, tokenizer, batch_size="auto", add_bos=True, progress=False)
     picks = [predict(q, s).pred for q, s in zip(questions, scorer.score(questions), strict=True)]
-    return _eval_result(questions, picks, time.perf_counter() - start)
+    return _eval_result(len(questions), picks, time.perf_counter() - start)
+
+
+def apple_eval_files(settings: Settings) -> tuple[Path, Path]:
+    """Where :func:`write_apple_eval` puts the Apple side's requests and elmtune's weights."""
+    return Path(settings.workdir) / "apple-eval.json", Path(settings.workdir) / "apple-eval-weights.safetensors"
+
+
+def write_apple_eval(settings: Settings) -> dict[str, Any]:
+    """The eval group's set-up: the questions' requests and elmtune's weights as files, for Apple's side.
+
+    Apple's code may run under another environment (``--apple-python``), so the side gets elmtune's part (the
+    questions with lm-eval's prompts, the preset's weights, the model's maximum length) from files written here.
+    """
+    if not settings.apple_code:
+        return {}
+    from safetensors.torch import save_file
+
+    from elmtune.evaluation.lmeval import model_max_length
+
+    model, tokenizer = _preset_model(settings)
+    requests, weights_file = apple_eval_files(settings)
+    run = {"requests": [q.requests for q in _questions(settings)], "max_length": model_max_length(model, tokenizer)}
+    requests.write_text(json.dumps(run))
+    tied = {"lm_head.weight"} if model.config.share_input_output_layers else set()
+    save_file({k: v.detach().clone() for k, v in model.state_dict().items() if k not in tied}, str(weights_file))
+    return {}
+
+
+def _lm_eval_picks(lm: Any, requests: list[list[tuple[str, str]]]) -> list[int]:
+    """Each question's pick by lm-eval's log-likelihoods of its (context, continuation) requests; first on ties."""
+    flat = [Request(tuple(request)) for question in requests for request in question]
+    results = lm.loglikelihood(flat, disable_tqdm=True)
+    picks, cursor = [], 0
+    for question in requests:
+        scores = [loglikelihood for loglikelihood, _ in results[cursor : cursor + len(question)]]
+        picks.append(scores.index(max(scores)))
+        cursor += len(question)
+    return picks
 
 
 def eval_lm_eval(settings: Settings, apple: bool = False) -> dict[str, Any]:
-    """lm-eval's HF backend (``HFLM``) at ``lm_eval_batch``, on elmtune's model or on Apple's code with its weights."""
-    from eval_vs_lm_eval import _lm_eval_scores
+    """lm-eval's HF backend (``HFLM``) at ``lm_eval_batch``, on elmtune's model or on Apple's code with its weights.
 
-    from elmtune.evaluation.lmeval import lm_eval_model
-    from elmtune.evaluation.report import argmax
+    Apple's side imports no elmtune (it may run under ``--apple-python``): its requests, weights and maximum length
+    come from :func:`write_apple_eval`'s files, its tokenizer from the bundled ``tokenizer.json``.
+    """
+    from lm_eval.models.huggingface import HFLM
 
     set_threads(settings)
-    model, tokenizer = _preset_model(settings)
     if apple:
-        from suite.apple_code import apple_model
+        from suite.apple_code import apple_model, bundled_tokenizer, load_weights
 
-        model = apple_model(settings.apple_code, settings.preset, weights_from=model).eval()
-    questions = _questions(settings)
+        requests_file, weights_file = apple_eval_files(settings)
+        run = json.loads(requests_file.read_text())
+        model = apple_model(settings.apple_code, settings.preset).eval()
+        load_weights(model, weights_file)
+        tokenizer, requests, max_length = bundled_tokenizer(), run["requests"], run["max_length"]
+    else:
+        from elmtune.evaluation.lmeval import model_max_length
+
+        model, tokenizer = _preset_model(settings)
+        requests = [q.requests for q in _questions(settings)]
+        max_length = model_max_length(model, tokenizer)
     start = time.perf_counter()
-    lm = lm_eval_model(model, tokenizer, batch_size=settings.lm_eval_batch, add_bos=True)
-    picks = [argmax(scores) for scores in _lm_eval_scores(lm, questions)]
-    return _eval_result(questions, picks, time.perf_counter() - start)
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        backend="causal",
+        batch_size=settings.lm_eval_batch,
+        max_length=max_length,
+        add_bos_token=True,
+    )
+    picks = _lm_eval_picks(lm, requests)
+    return _eval_result(len(requests), picks, time.perf_counter() - start)
 
 
-def _eval_result(questions: list, picks: list[int], seconds: float) -> dict[str, Any]:
-    metrics = {"questions": len(questions), "scoring_seconds": seconds, "peak_rss_mib": peak_rss_mib()}
+def _eval_result(questions: int, picks: list[int], seconds: float) -> dict[str, Any]:
+    metrics = {"questions": questions, "scoring_seconds": seconds, "peak_rss_mib": peak_rss_mib()}
     return {"metrics": metrics, "info": {"picks": [int(p) for p in picks]}}
 
 

@@ -20,11 +20,10 @@ from typing import Any
 
 from suite.measure import peak_rss_mib, set_threads
 from suite.real_data import DATA, run_config
-from suite.settings import ROOT, Settings
+from suite.settings import Settings
 from suite.train_sides import APPLE_TARGETS
 
 EMBEDDING = "token_embeddings"
-TOKENIZER_JSON = ROOT / "src" / "elmtune" / "models" / "tokenizer_files" / "tokenizer.json"
 
 
 def _examples(config: Any) -> list[Any]:
@@ -231,14 +230,14 @@ def apple_trainer(settings: Settings) -> dict[str, Any]:
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast, Trainer
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
-    from suite.apple_code import apple_model
+    from suite.apple_code import apple_model, bundled_tokenizer
 
     set_threads(settings)
     run = json.loads(apple_run_file(settings).read_text())
     out = tempfile.mkdtemp(prefix="apple-", dir=settings.workdir)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON), pad_token="<unk>")  # pad id 0
+    tokenizer = bundled_tokenizer()  # pad id 0
     rows = [{**row, "attention_mask": [1] * len(row["input_ids"])} for row in run["rows"]]
     lora = LoraConfig(**run["lora"], target_modules=[*APPLE_TARGETS, EMBEDDING], task_type="CAUSAL_LM")
     torch.manual_seed(run["seed"])
