@@ -511,3 +511,20 @@ def test_the_apple_eval_files_hold_the_questions_and_elmtunes_weights_and_its_to
     for text in ("Question: Which is a mammal?\nAnswer:", " a whale", "naïve café, 42 %"):
         assert theirs(text)["input_ids"] == ours(text)["input_ids"]
     assert theirs.pad_token_id == ours.pad_token_id == 0 and theirs.eos_token_id == ours.eos_token_id
+
+
+def test_the_profile_table_gives_each_sides_ms_and_elmtunes_difference_to_each_other_side():
+    from profile_vs_llama import _table
+
+    best = {
+        "elmtune": {"categories": {"matmul": 10.0, "norm": 2.0}},
+        "llama": {"categories": {"matmul": 11.0, "norm": 1.0}},
+        "apple": {"categories": {"matmul": 14.0, "norm": 3.0}},
+    }
+    lines = _table(best).splitlines()
+    assert lines[0] == "| category | elmtune ms | llama ms | apple ms | elmtune - llama ms | elmtune - apple ms |"
+    assert lines[2:] == [
+        "| matmul | 10 | 11 | 14 | -1 | -4 |",
+        "| norm | 2 | 1 | 3 | +1 | -1 |",
+        "| total | 12 | 12 | 17 | +0 | -5 |",
+    ]
