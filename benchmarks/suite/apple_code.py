@@ -61,21 +61,10 @@ def preset_config(preset: str) -> dict[str, Any]:
     return dict(module.PRESETS[preset])
 
 
-def apple_model(directory: str | Path, preset: str, weights_from: Any = None) -> Any:
-    """Apple's model of a preset's shape in fp32; with ``weights_from`` (elmtune's model) it gets the same weights.
-
-    The two implementations name their parameters alike, so elmtune's state dict loads into Apple's model; the
-    names that do not match are reported in the error.
-    """
+def apple_model(directory: str | Path, preset: str) -> Any:
+    """Apple's model of a preset's shape in fp32, with its own random weights (:func:`load_weights` gives elmtune's)."""
     config_class, model_class = load_apple_classes(directory)
-    config = config_class(**preset_config(preset))
-    model = model_class(config).float()
-    if weights_from is not None:
-        missing, unexpected = model.load_state_dict(weights_from.state_dict(), strict=False)
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing or unexpected:
-            raise RuntimeError(f"Apple's model and elmtune's differ in weights: {missing[:5]} {unexpected[:5]}")
-    return model
+    return model_class(config_class(**preset_config(preset))).float()
 
 
 def load_weights(model: Any, path: str | Path) -> None:
