@@ -24,7 +24,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 
-from suite.apple_code import missing_files  # noqa: E402
+from suite.apple_code import missing_files, save_weights  # noqa: E402
 
 
 def reference(preset: str, directory: Path) -> None:
@@ -45,8 +45,7 @@ def reference(preset: str, directory: Path) -> None:
         mask = torch.ones_like(ids)  # (B, T)
         mask[1, :7] = 0  # the second row left-padded
         logits = model(ids, attention_mask=mask).logits  # (B, T, V)
-    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(directory / "weights.safetensors"))
+    save_weights(model, directory / "weights.safetensors")
     save_file({"ids": ids, "mask": mask, "logits": logits}, str(directory / "reference.safetensors"))
 
 

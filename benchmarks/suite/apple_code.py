@@ -67,6 +67,15 @@ def apple_model(directory: str | Path, preset: str) -> Any:
     return model_class(config_class(**preset_config(preset))).float()
 
 
+def save_weights(model: Any, path: str | Path) -> None:
+    """Save elmtune's model's weights for :func:`load_weights`: safetensors, without the tied output head."""
+    from safetensors.torch import save_file
+
+    tied = {"lm_head.weight"} if model.config.share_input_output_layers else set()
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(weights, str(path))
+
+
 def load_weights(model: Any, path: str | Path) -> None:
     """Load a safetensors file of elmtune's weights into Apple's model by parameter name (the tied head aside)."""
     from safetensors.torch import load_file

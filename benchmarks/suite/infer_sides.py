@@ -62,16 +62,14 @@ def write_apple_eval(settings: Settings) -> dict[str, Any]:
     """
     if not settings.apple_code:
         return {}
-    from safetensors.torch import save_file
-
     from elmtune.evaluation.lmeval import model_max_length
+    from suite.apple_code import save_weights
 
     model, tokenizer = _preset_model(settings)
     requests, weights_file = apple_eval_files(settings)
     run = {"requests": [q.requests for q in _questions(settings)], "max_length": model_max_length(model, tokenizer)}
     requests.write_text(json.dumps(run))
-    tied = {"lm_head.weight"} if model.config.share_input_output_layers else set()
-    save_file({k: v.detach().clone() for k, v in model.state_dict().items() if k not in tied}, str(weights_file))
+    save_weights(model, weights_file)
     return {}
 
 

@@ -56,18 +56,22 @@ def prompt_completion_rows(config: Any) -> list[dict[str, str]]:
     return rows
 
 
-def lora_config(config: Any) -> Any:
-    """peft's LoRA with the run's rank, alpha and dropout on Apple's projections and the token embedding."""
+def lora_settings(config: Any) -> dict[str, Any]:
+    """The run's rank, alpha and dropout as peft's ``LoraConfig`` keywords (plain values: they travel as JSON)."""
+    adapter = config.adapter
+    return {"r": adapter.r, "lora_alpha": adapter.alpha, "lora_dropout": adapter.dropout}
+
+
+def peft_lora(settings: dict[str, Any]) -> Any:
+    """peft's LoRA with :func:`lora_settings` on Apple's projections and the token embedding."""
     from peft import LoraConfig
 
-    adapter = config.adapter
-    return LoraConfig(
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules=[*APPLE_TARGETS, EMBEDDING],
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**settings, target_modules=[*APPLE_TARGETS, EMBEDDING], task_type="CAUSAL_LM")
+
+
+def lora_config(config: Any) -> Any:
+    """peft's LoRA for the run's ``RunConfig``: its rank, alpha and dropout on the peers' targets."""
+    return peft_lora(lora_settings(config))
 
 
 def trainer_arguments(config: Any, output_dir: str) -> dict[str, Any]:
@@ -196,14 +200,13 @@ def write_apple_run(settings: Settings) -> dict[str, Any]:
         {"input_ids": t.input_ids.tolist(), "labels": t.labels.tolist()}
         for t in elmtune_tokens(config, load_tokenizer())
     ]
-    adapter = config.adapter
     run = {
         "preset": config.model,
         "seed": config.train.seed,
         "examples": config.data.limit,
         "rows": rows,
         "trainer": {k: v for k, v in trainer_arguments(config, "").items() if k != "output_dir"},
-        "lora": {"r": adapter.r, "lora_alpha": adapter.alpha, "lora_dropout": adapter.dropout},
+        "lora": lora_settings(config),
     }
     apple_run_file(settings).write_text(json.dumps(run))
     return {}
@@ -229,7 +232,7 @@ def apple_trainer(settings: Settings) -> dict[str, Any]:
     the collator pads with the bundled Llama-2 tokenizer's pad id 0, as elmtune's tokenizer does.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer
 
     from suite.apple_code import apple_model, bundled_tokenizer
@@ -239,7 +242,7 @@ def apple_trainer(settings: Settings) -> dict[str, Any]:
     out = tempfile.mkdtemp(prefix="apple-", dir=settings.workdir)
     tokenizer = bundled_tokenizer()  # pad id 0
     rows = [{**row, "attention_mask": [1] * len(row["input_ids"])} for row in run["rows"]]
-    lora = LoraConfig(**run["lora"], target_modules=[*APPLE_TARGETS, EMBEDDING], task_type="CAUSAL_LM")
+    lora = peft_lora(run["lora"])
     torch.manual_seed(run["seed"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
