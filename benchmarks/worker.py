@@ -34,6 +34,7 @@ WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "generate-elmtune": lambda s: infer_sides.generation(s, "elmtune"),
     "generate-llama": lambda s: infer_sides.generation(s, "llama"),
     "generate-apple": lambda s: infer_sides.generation(s, "apple"),
+    "weight-read-peak": infer_sides.weight_read_peak,
     "merge-peft": job_sides.merge_peft,
     "startup-tiny": lambda s: job_sides.train_startup(s, "tiny"),
     "startup-preset": lambda s: job_sides.train_startup(s, s.preset),

@@ -172,8 +172,10 @@ def test_quick_generate_rows_run_each_side_in_its_own_process_and_land_in_result
         "generate-b1-vs-apple",
         "generate-batched-vs-llama",
         "generate-batched-vs-apple",
+        "generate-b1-vs-weight-read",
+        "weight-read-vs-apple-b1",
     }
-    for name in ("generate-b1-vs-llama", "generate-batched-vs-llama"):
+    for name in ("generate-b1-vs-llama", "generate-batched-vs-llama", "generate-b1-vs-weight-read"):
         row = rows[name]
         a, b = row["a"]["values"], row["b"]["values"]
         assert len(a) == len(b) == 1 and min(a + b) > 0
@@ -182,7 +184,17 @@ def test_quick_generate_rows_run_each_side_in_its_own_process_and_land_in_result
         assert row["machine"]["versions"]["torch"] and "cpu_flags" in row["machine"]
     assert rows["generate-b1-vs-apple"]["skipped"] == "skipped: --apple-code not given"
     done = [line.split(", ")[1] for line in proc.stderr.splitlines() if line.startswith("generate: round")]
-    assert done == ["generate-elmtune done", "generate-llama done"]
+    assert done == ["generate-elmtune done", "generate-llama done", "weight-read-peak done"]
+    assert rows["weight-read-vs-apple-b1"]["skipped"] == "skipped: --apple-code not given"
+    floor = rows["generate-b1-vs-weight-read"]
+    assert floor["ratio"] < 1  # decoding does the floor's products and more
+    from elmtune.models import load_model
+
+    model = load_model("tiny")  # every 2-D parameter is a matrix a decoding step reads (the tied head once)
+    matrices = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+    assert floor["notes"]["weights read per token (MiB)"] == pytest.approx(matrices / 2**20, abs=0.05)
+    gb_per_s = matrices * floor["b"]["best"] / 1e9
+    assert floor["notes"]["GB/s at the floor"] == pytest.approx(gb_per_s, rel=0.01, abs=0.06)
     (stored,) = results.glob("*.jsonl")
     assert [json.loads(line) for line in stored.read_text().splitlines()] == list(rows.values())
     text = readme.read_text()

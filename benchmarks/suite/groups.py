@@ -207,6 +207,7 @@ def generate_group() -> Group:
         Side("generate-elmtune", "generate-elmtune"),
         Side("generate-llama", "generate-llama"),
         Side("generate-apple", "generate-apple", needs_apple=True),
+        Side("weight-read-peak", "weight-read-peak"),
     ]
     rows = []
     for metric, what in (("batch1_tokens_per_s", "greedy generation, batch 1"), ("batched_tokens_per_s", "batched")):
@@ -235,7 +236,39 @@ def generate_group() -> Group:
                 Target(">=", 2.0),
             )
         )
-    return Group("generate", sides, rows)
+    return Group("generate", sides, [*rows, *_weight_read_rows()])
+
+
+def _weight_read_notes(rounds: list[dict[str, dict]], context: dict[str, Any]) -> dict[str, Any]:
+    best = max(rounds, key=lambda r: r["weight-read-peak"]["metrics"]["tokens_per_s"])["weight-read-peak"]
+    return {
+        "weights read per token (MiB)": best["info"]["weight_mib"],
+        "GB/s at the floor": round(best["metrics"]["gb_per_s"], 1),
+    }
+
+
+def _weight_read_rows() -> list[Row]:
+    """Batch-1 generation against its floor (the weights' matrix-vector products alone), and the floor's lead."""
+    floor = Pick("weight-read-peak", "tokens_per_s")
+    return [
+        Row(
+            "generate-b1-vs-weight-read",
+            "greedy generation, batch 1, vs the matrix-vector products alone (the floor)",
+            Pick("generate-elmtune", "batch1_tokens_per_s"),
+            floor,
+            TOKENS,
+            True,
+            notes=_weight_read_notes,
+        ),
+        Row(
+            "weight-read-vs-apple-b1",
+            "the floor's lead over Apple's batch-1 generation: the most any fp32 decoder could lead by",
+            floor,
+            Pick("generate-apple", "batch1_tokens_per_s"),
+            TOKENS,
+            True,
+        ),
+    ]
 
 
 def _merge_setup(settings: Settings) -> dict[str, Any]:

@@ -168,3 +168,34 @@ def generation(settings: Settings, side: str) -> dict[str, Any]:
         "peak_rss_mib": peak_rss_mib(),
     }
     return {"metrics": metrics, "info": {}}
+
+
+def weight_read_peak(settings: Settings) -> dict[str, Any]:
+    """Batch-1 decoding's floor: ``new_tokens`` tokens through every linear of the model as products, nothing else.
+
+    A greedy decoding step at batch 1 multiplies one row by every weight matrix (the projections of every layer and
+    the vocabulary head), so it reads all of them once per token; on a CPU that is bound by memory bandwidth. This
+    side times exactly those products on the preset's weights, each with a (1, 1, in) row as the model computes
+    them, ``new_tokens`` times per timed call and best of ``steps`` after ``warmup``, as the generation sides are
+    timed; no attention, norms, cache or sampling. It is the most tokens per second a decoder of the model reaches
+    in fp32 on this machine's threads with the installed BLAS.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    set_threads(settings)
+    model, _ = _preset_model(settings)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # each (out, in)
+    rows = [torch.randn(1, 1, w.shape[1]) for w in weights]  # each (1, 1, in)
+    n = settings.new_tokens
+
+    def tokens() -> None:
+        for _ in range(n):
+            for weight, row in zip(weights, rows, strict=True):
+                F.linear(row, weight)  # (1, 1, out)
+
+    with torch.inference_mode():
+        seconds = best_of(settings, tokens)
+    weight_bytes = sum(w.numel() * w.element_size() for w in weights)
+    metrics = {"tokens_per_s": n / seconds, "gb_per_s": n * weight_bytes / seconds / 1e9}
+    return {"metrics": metrics, "info": {"weight_mib": round(weight_bytes / 2**20, 1), "matrices": len(weights)}}
