@@ -28,6 +28,7 @@ WORKERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "dpo-sft": lambda s: train_sides.dpo_kind(s, "sft"),
     "dpo-on-the-fly": lambda s: train_sides.dpo_kind(s, "dpo"),
     "dpo-precomputed": lambda s: train_sides.dpo_kind(s, "dpo-precomputed"),
+    "dpo-separate": lambda s: train_sides.dpo_kind(s, "dpo-separate"),
     "eval-elmtune": infer_sides.eval_elmtune,
     "eval-lm-eval": infer_sides.eval_lm_eval,
     "eval-lm-eval-apple": lambda s: infer_sides.eval_lm_eval(s, apple=True),

@@ -340,6 +340,39 @@ def test_quick_padding_free_comparison_runs_and_finds_the_same_loss_in_fewer_tok
     assert difference < 1e-5
 
 
+def test_shared_prompt_positions_count_each_pairs_common_prefix_once():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "shared_prompt_positions.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["pairs"] > 30 and result["max_length"] == 1024  # the bundled sample, Apple's Instruct lengths
+    assert result["mean_shared_prefix"] > 20  # every pair repeats its chat-formatted prompt
+    saved = result["mean_positions_separate"] - result["mean_positions_shared"]
+    assert saved == pytest.approx(result["mean_shared_prefix"])
+    assert result["shared_over_separate"] == pytest.approx(
+        result["mean_positions_shared"] / result["mean_positions_separate"]
+    )
+
+
+def test_quick_dpo_steps_run_every_kind_and_state_the_separate_rows_floor():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "dpo_vs_sft.py"), "--quick", "--json", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["ratio_to_sft"]) == {"sft", "dpo", "dpo-precomputed", "dpo-separate", "reference-forward"}
+    assert result["on_the_fly_floor"] == pytest.approx(1 + result["ratio_to_sft"]["reference-forward"])
+
+
 def test_grouped_padding_free_batches_are_the_length_grouped_samplers_sorted_disjoint_batches():
     import padding_free
 

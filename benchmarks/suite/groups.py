@@ -125,8 +125,8 @@ def dora_group() -> Group:
 
 
 def dpo_group() -> Group:
-    """DPO steps (reference on the fly, precomputed) against an SFT step over the same 2N sequences."""
-    sides = [Side(k, k) for k in ("dpo-sft", "dpo-on-the-fly", "dpo-precomputed")]
+    """DPO steps (reference on the fly, precomputed; shared prompts or separate rows) against an SFT step."""
+    sides = [Side(k, k) for k in ("dpo-sft", "dpo-on-the-fly", "dpo-precomputed", "dpo-separate")]
     sft = Pick("dpo-sft", "step_seconds")
     rows = [
         Row(
@@ -146,6 +146,14 @@ def dpo_group() -> Group:
             "s/step",
             False,
             Target("<=", 1.05),
+        ),
+        Row(
+            "dpo-separate-vs-sft",
+            "DPO step, reference on the fly, chosen and rejected as separate rows (--no-share-prompt), vs SFT",
+            Pick("dpo-separate", "step_seconds"),
+            sft,
+            "s/step",
+            False,
         ),
     ]
     return Group("dpo", sides, rows)

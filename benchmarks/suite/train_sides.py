@@ -116,7 +116,7 @@ def matmul_peak(settings: Settings) -> dict[str, Any]:
 
 
 def dpo_kind(settings: Settings, kind: str) -> dict[str, Any]:
-    """One step kind of ``dpo_vs_sft.py`` (sft, dpo or dpo-precomputed): 2N = ``batch`` sequences of ``seq``."""
+    """One step kind of ``dpo_vs_sft.py`` (sft, dpo, dpo-precomputed, dpo-separate): 2N = ``batch`` sequences."""
     import argparse
 
     from dpo_vs_sft import build_steps

@@ -81,11 +81,8 @@ def test_on_the_fly_reference_equals_base_plus_sft(sft_adapter, make_dpo_config)
     objective = PreferenceObjective(beta=0.5, reference_adapter=policy.reference_adapter)
     data = prepare_data(config.data, load_tokenizer())
     batch = data.collate(list(data.train[:4]))
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
     policy.model.train()
-    reference = objective.reference_logps(policy.model, ids, mask, labels)
+    reference = objective.reference_logps(policy.model, batch)
     expected = _summed_target_log_probs(_peft_on_fresh_base(sft_adapter), batch)
     assert torch.allclose(reference, expected, atol=1e-4, rtol=1e-6)
     assert policy.model.training  # switched back
@@ -164,15 +161,12 @@ def test_the_reference_switch_covers_dora_sub_projections_and_trained_norms(trai
 
     data = prepare_data(config.data, load_tokenizer())
     batch = data.collate(list(data.train[:4]))
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
     with torch.no_grad():  # move the policy away from the SFT weights: the reference must not follow
         for param in policy.model.parameters():
             if param.requires_grad:
                 param.add_(0.1)
     objective = PreferenceObjective(beta=0.5, reference_adapter=policy.reference_adapter)
-    reference = objective.reference_logps(policy.model.train(), ids, mask, labels)
+    reference = objective.reference_logps(policy.model.train(), batch)
     expected = _summed_target_log_probs(load_adapter(load_model("tiny"), sft), batch)
     assert torch.allclose(reference, expected, atol=1e-4, rtol=1e-6)
     moved = _summed_target_log_probs(policy.model.eval(), batch)

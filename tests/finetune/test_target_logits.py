@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,11 +84,19 @@ def test_a_rows_log_prob_does_not_depend_on_the_rest_of_the_batch(make_tiny):
             assert torch.equal(alone, together[row : row + 1])
 
 
-def test_dpo_reference_log_probs_equal_the_full_logits_formula(adapted_tiny, make_tiny):
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_dpo_reference_log_probs_equal_the_full_logits_formula(share_prompt, adapted_tiny, make_tiny):
     batch = _batch(seed=5)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    ids[2:, :5] = ids[:2, :5]  # rows 2 and 3 (rejected) share 5 prompt tokens with rows 0 and 1 (chosen)
+    pairs = {
+        f"{side}_{key}": value[rows]
+        for side, rows in (("chosen", slice(0, 2)), ("rejected", slice(2, 4)))
+        for key, value in (("input_ids", ids), ("attention_mask", mask), ("labels", labels))
+    }
     with torch.no_grad():
-        got = PreferenceObjective().reference_logps(adapted_tiny(), ids, mask, labels)  # (N,): adapter disabled
-        logits = make_tiny()(input_ids=ids, attention_mask=mask).logits  # (N, L, V): the same base
+        objective = PreferenceObjective(share_prompt=share_prompt)
+        got = objective.reference_logps(adapted_tiny(), pairs)  # (N,): adapter disabled, chosen rows first
+        logits = make_tiny()(input_ids=ids, attention_mask=mask).logits  # (N, L, V): the same base, row by row
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
     torch.testing.assert_close(got, -ce.sum(-1), rtol=1e-6, atol=1e-4)

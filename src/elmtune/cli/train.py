@@ -148,6 +148,10 @@ def train(
         bool | None,
         Opt(help="dpo: compute the reference log-probs once before training (cached in the run directory)."),
     ] = None,
+    share_prompt: Annotated[
+        bool | None,
+        Opt(help="dpo: compute each pair's shared prompt once (default); --no-share-prompt: two rows per pair."),
+    ] = None,
     adapter: Annotated[
         str | None,
         Opt(help="Continue from this saved adapter (SFT -> DPO: the reference is the base plus this adapter)."),

@@ -62,6 +62,8 @@ class TrainConfig:
             (``sigmoid`` only).
         precompute_reference: Compute every training pair's reference log-probabilities once before training and
             cache them in the run directory (``dpo`` only); the steps then run only the policy forward.
+        share_prompt: ``dpo``: compute each pair's shared prompt once, one row per pair with a mask that keeps the
+            chosen and rejected responses apart; the same loss from fewer positions. False: two rows per pair.
         batch_size: Examples per micro-batch on one process.
         grad_accum: Micro-batches per optimizer step (the gradient equals the large-batch gradient).
         max_steps: Optimizer steps; when unset, ``epochs`` decides.
@@ -101,6 +103,7 @@ class TrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     precompute_reference: bool = False
+    share_prompt: bool = True
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int | None = None

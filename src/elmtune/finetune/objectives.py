@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmtune.finetune.reference import ReferenceLogps, reference_mode
-from elmtune.finetune.target_logits import IGNORE_INDEX, target_logits
+from elmtune.finetune.shared_prompt import SharedPromptPairs
+from elmtune.finetune.target_logits import IGNORE_INDEX, target_logits, target_logps
 
 
 @dataclass
@@ -103,25 +104,6 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         ``(logps, counts)``, each (N,).
     """
     return target_logps(logits[:, :-1], labels[:, 1:])
-
-
-def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probabilities of each row's targets, from logits already aligned with them.
-
-    Args:
-        logits: (N, K, V) logits; position k predicts ``targets[:, k]``.
-        targets: (N, K) token ids, -100 where a position is not a target.
-
-    Returns:
-        ``(logps, counts)``, each (N,).
-    """
-    mask = targets != IGNORE_INDEX  # (N, K)
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (N, K, V)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, K)
-    # Summed in fp64 (MPS has none: fp32 there), so a row's sum does not depend on how many positions the batch
-    # kept (the reduction order of an fp32 sum does): precomputed and on-the-fly reference log-probs agree.
-    wide = torch.float32 if picked.device.type == "mps" else torch.float64
-    return (picked.to(wide) * mask).sum(-1).float(), mask.sum(-1)
 
 
 def check_label_smoothing(loss_type: str, label_smoothing: float) -> None:
@@ -214,6 +196,9 @@ class PreferenceObjective:
         reference_adapter: The frozen reference adapter's peft name, or None for the base model as the reference.
         precomputed: Every training pair's reference log-probabilities, used for batches that carry ``item_index``
             (the pairs' indices in the training set); other batches (validation) compute them on the fly.
+        share_prompt: Compute each pair's common prefix (the prompt) once, in one row per pair
+            (:class:`~elmtune.finetune.shared_prompt.SharedPromptPairs`): the same loss and gradient from fewer
+            positions; False runs the chosen and rejected sequences as separate rows.
     """
 
     loss_type: PreferenceLoss = "sigmoid"
@@ -222,6 +207,7 @@ class PreferenceObjective:
     name: str = "dpo"
     reference_adapter: str | None = None
     precomputed: ReferenceLogps | None = field(default=None, compare=False, repr=False)
+    share_prompt: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a label smoothing the loss cannot use (see :func:`check_label_smoothing`)."""
@@ -235,17 +221,18 @@ class PreferenceObjective:
         """Tokens of both sequences of every pair, padding excluded."""
         return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
 
+    def layout(self, batch: dict[str, Any]) -> SharedPromptPairs | None:
+        """The pairs laid out with their shared prompt once (``share_prompt``), or None for two rows per pair."""
+        return SharedPromptPairs.from_batch(batch) if self.share_prompt else None
+
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         """Summed preference loss over the pairs, with TRL's metrics as sums."""
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        logps, counts = target_logps(*target_logits(model, inputs, labels))
+        layout = self.layout(batch)
+        logps, counts = _pair_logps(model, batch, layout)  # (2B,) each, chosen first
         if self.precomputed is not None and batch.get("item_index") is not None:
             ref_logps = self.precomputed.lookup(batch["item_index"])  # (2B,)
         else:
-            ref_logps = self.reference_logps(model, ids, mask, labels)
+            ref_logps = self.reference_logps(model, batch, layout)
         ratios = logps - ref_logps  # (2B,)
         chosen, rejected = ratios.chunk(2)  # (B,) each
         n_chosen, n_rejected = counts.chunk(2)
@@ -255,12 +242,18 @@ class PreferenceObjective:
         return ObjectiveOutput(loss_sum=losses.sum(), metrics=self._metric_sums(logps.detach(), ratios.detach()))
 
     def reference_logps(
-        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self, model: nn.Module, batch: dict[str, Any], layout: SharedPromptPairs | None = None
     ) -> torch.Tensor:
-        """(2B,) summed reference log-probabilities of the (2B, L) sequences ``ids`` (see :func:`reference_mode`)."""
+        """(2B,) summed reference log-probabilities of the batch's sequences, chosen first (see :func:`reference_mode`).
+
+        Args:
+            model: The policy's peft model.
+            batch: The collated pairs.
+            layout: The batch's :meth:`layout`, when the caller has it already.
+        """
+        layout = layout if layout is not None else self.layout(batch)
         with reference_mode(model, self.reference_adapter) as reference:
-            inputs = {"input_ids": ids, "attention_mask": mask}
-            return target_logps(*target_logits(reference, inputs, labels))[0]  # (2B,)
+            return _pair_logps(reference, batch, layout)[0]  # (2B,)
 
     def _metric_sums(self, logps: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """TRL's DPO metrics as sums over the pairs, from (2B,) policy log-probs and log-ratios (chosen first)."""
@@ -276,13 +269,29 @@ class PreferenceObjective:
         }
 
 
+def _pair_logps(
+    model: nn.Module, batch: dict[str, Any], layout: SharedPromptPairs | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed target log-probabilities and target counts of every sequence of the pairs, (2B,) each, chosen first.
+
+    With a ``layout`` each pair is one row with its shared prompt once; without, the chosen and the rejected
+    sequences are separate rows.
+    """
+    if layout is not None:
+        return layout.logps(model)
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
+    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
+    labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
+    return target_logps(*target_logits(model, {"input_ids": ids, "attention_mask": mask}, labels))
+
+
 def build_objective(name: str, **settings: Any) -> Objective:
     """The objective called ``name`` (``sft`` or ``dpo``) with its settings.
 
     Args:
         name: ``sft`` or ``dpo`` (preference optimisation; ``preference_loss`` picks DPO, hinge or IPO).
-        **settings: ``z_loss`` for SFT; ``beta``, ``preference_loss``, ``label_smoothing``, ``reference_adapter``
-            and ``precomputed`` for preference optimisation (see :class:`PreferenceObjective`).
+        **settings: ``z_loss`` for SFT; ``beta``, ``preference_loss``, ``label_smoothing``, ``reference_adapter``,
+            ``precomputed`` and ``share_prompt`` for preference optimisation (see :class:`PreferenceObjective`).
 
     Raises:
         ValueError: An unknown objective, or a label smoothing the preference loss cannot use.
@@ -296,5 +305,6 @@ def build_objective(name: str, **settings: Any) -> Objective:
             label_smoothing=float(settings.get("label_smoothing", 0.0)),
             reference_adapter=settings.get("reference_adapter"),
             precomputed=settings.get("precomputed"),
+            share_prompt=bool(settings.get("share_prompt", True)),
         )
     raise ValueError(f"unknown objective {name!r}; use sft or dpo")

@@ -111,11 +111,8 @@ def compute_reference_logps(
     chosen, rejected = [], []
     for batch in micro_batches(pairs, list(range(len(pairs))), collate, batch_size):
         batch = to_device(batch, accelerator.device)
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
         with accelerator.autocast():
-            logps = objective.reference_logps(model, ids, mask, labels)  # (2B,)
+            logps = objective.reference_logps(model, batch)  # (2B,)
         side_chosen, side_rejected = logps.float().chunk(2)  # (B,) each
         chosen.append(side_chosen.cpu())
         rejected.append(side_rejected.cpu())

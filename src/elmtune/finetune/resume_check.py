@@ -3,9 +3,9 @@
 A checkpoint stores the full run config (``config.yaml``) and, in ``trainer_state.json``, the number of processes,
 the planned number of steps and a sha256 fingerprint of the training data. On resume every setting is compared with
 the given one except those in :data:`MAY_CHANGE` (how long to train and how often to log, evaluate and save, where the
-run directory is, the device, memory- and speed-only options such as gradient checkpointing and padding-free batches,
-and the tolerance for non-finite steps). A run that would continue with other settings is refused with one line naming
-each difference, before anything is written.
+run directory is, the device, memory- and speed-only options such as gradient checkpointing, padding-free batches
+and shared prompts, and the tolerance for non-finite steps). A run that would continue with other settings is
+refused with one line naming each difference, before anything is written.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MAY_CHANGE = frozenset(
         "train.device",
         "train.gradient_checkpointing",
         "data.padding_free",  # the same batches and loss, computed without padding
+        "train.share_prompt",  # the same pairs and loss, each pair's prompt computed once
         "train.skip_nonfinite",
         "train.report_to",
     }

@@ -214,7 +214,8 @@ def _with_precomputed_reference(
         "data": tokens_sha256(data.train),
         "model": str(policy.base_weights_sha256),
         "start_adapter": adapter_files_sha256(config.start_from),
-        "compute": f"base {plan.base_dtype}, precision {plan.precision}, {accelerator.device.type}",
+        "compute": f"base {plan.base_dtype}, precision {plan.precision}, {accelerator.device.type}"
+        + ("" if objective.share_prompt else ", separate rows"),
     }
     model = policy.model.to(accelerator.device)
 
@@ -239,6 +240,7 @@ def _run_objective(
         preference_loss=cfg.preference_loss,
         label_smoothing=cfg.label_smoothing,
         reference_adapter=policy.reference_adapter,
+        share_prompt=cfg.share_prompt,
     )
     if not cfg.precompute_reference:
         return objective, [], []

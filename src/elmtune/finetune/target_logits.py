@@ -50,3 +50,28 @@ def target_logits(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # (K,)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
     return logits, targets[:, keep]
+
+
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of each row's targets, from logits already aligned with them.
+
+    Args:
+        logits: (N, K, V) logits; position k predicts ``targets[:, k]``.
+        targets: (N, K) token ids, -100 where a position is not a target; or (N, K, C): C targets per position
+            (the branches of :class:`elmtune.finetune.shared_prompt.SharedPromptPairs`), scored from the same
+            log-softmax.
+
+    Returns:
+        ``(logps, counts)``, each (N,), or (N, C) for (N, K, C) targets.
+    """
+    mask = targets != IGNORE_INDEX  # (N, K[, C])
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (N, K, V)
+    index = targets.clamp(min=0)
+    if targets.dim() == 2:
+        picked = logprobs.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (N, K)
+    else:
+        picked = logprobs.gather(-1, index)  # (N, K, C)
+    # Summed in fp64 (MPS has none: fp32 there), so a row's sum does not depend on how many positions the batch
+    # kept (the reduction order of an fp32 sum does): precomputed and on-the-fly reference log-probs agree.
+    wide = torch.float32 if picked.device.type == "mps" else torch.float64
+    return (picked.to(wide) * mask).sum(1).float(), mask.sum(1)
