@@ -340,16 +340,17 @@ def test_quick_padding_free_comparison_runs_and_finds_the_same_loss_in_fewer_tok
     assert difference < 1e-5
 
 
-def test_shared_prompt_positions_count_each_pairs_common_prefix_once():
+def _last_json_line(script: str, *args: str) -> dict:
+    """The last stdout line of ``benchmarks/SCRIPT ARGS`` as JSON (the script must exit 0)."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "shared_prompt_positions.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_shared_prompt_positions_count_each_pairs_common_prefix_once():
+    result = _last_json_line("shared_prompt_positions.py")
     assert result["pairs"] > 30 and result["max_length"] == 1024  # the bundled sample, Apple's Instruct lengths
     assert result["mean_shared_prefix"] > 20  # every pair repeats its chat-formatted prompt
     saved = result["mean_positions_separate"] - result["mean_positions_shared"]
@@ -360,15 +361,7 @@ def test_shared_prompt_positions_count_each_pairs_common_prefix_once():
 
 
 def test_quick_dpo_steps_run_every_kind_and_state_the_separate_rows_floor():
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "dpo_vs_sft.py"), "--quick", "--json", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _last_json_line("dpo_vs_sft.py", "--quick", "--json", "--rounds", "1")
     assert set(result["ratio_to_sft"]) == {"sft", "dpo", "dpo-precomputed", "dpo-separate", "reference-forward"}
     assert result["on_the_fly_floor"] == pytest.approx(1 + result["ratio_to_sft"]["reference-forward"])
 
