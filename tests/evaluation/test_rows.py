@@ -2,7 +2,8 @@
 
 import torch
 
-from elmtune.evaluation.rows import EncodedRequest, assign_packs, pack_rows, packed_mask, plan_rows, shared_prefix_mask
+from elmtune.evaluation.rows import EncodedRequest, assign_packs, pack_rows, packed_mask, plan_rows
+from elmtune.models.attention_mask import shared_prefix_mask
 
 
 def test_shared_row_layout_and_mask():

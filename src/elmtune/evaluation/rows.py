@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from elmtune.models.attention_mask import shared_prefix_mask
+
 PACK_TOKENS = 512
 """Target tokens per packed sequence (the number of sequences is the batch's tokens / this, rounded up)."""
 
@@ -238,21 +240,6 @@ def common_prefix(rows: Sequence[Row]) -> int:
     ):
         length += 1
     return length
-
-
-def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
-    """4-D bool mask (B, 1, R, R) from segment ids (B, R): 0 = prefix, i > 0 = choice i, -1 = padding.
-
-    A query attends to earlier keys of the prefix and of its own segment; padding keys are never attended, and a padding
-    query attends only to itself (so no row is empty and none can produce NaN).
-    """
-    width = segments.shape[1]
-    index = torch.arange(width, device=segments.device)
-    causal = index[:, None] >= index[None, :]  # (R, R): query >= key
-    query, key = segments[:, :, None], segments[:, None, :]  # (B, R, 1), (B, 1, R)
-    allowed = causal & ((key == query) | (key == 0)) & (key >= 0) & (query >= 0)  # (B, R, R)
-    allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)
-    return allowed[:, None]  # (B, 1, R, R)
 
 
 @dataclass(frozen=True)

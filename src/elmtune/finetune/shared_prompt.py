@@ -6,11 +6,12 @@ two sequences have identical activations. :class:`SharedPromptPairs` lays each p
 
     [ prefix | chosen tail | rejected tail ]      positions 0..Lc-1, then S..Lr-1
 
-with a 4-D attention mask under which the chosen part attends causally to itself and the rejected tail attends to
-the prefix and causally to itself, never to the chosen tail. Every target token is then predicted from the same
-hidden state as in the two separate sequences, so the log-probabilities, the loss and its gradient are the same (up
-to floating-point reordering); the model computes ``S`` fewer positions per pair (``2 Lc + 2 Lr`` positions become
-``Lc + Lr - S``) in the policy's forward and backward passes and in the reference's forward pass.
+with a 4-D attention mask under which each tail attends to the prefix and causally to itself, never to the other tail
+(:func:`elmtune.models.attention_mask.shared_prefix_mask`, the rule the multiple-choice scorer uses). Every target token
+is then predicted from the same hidden state as in the two separate sequences, so the log-probabilities, the loss and
+its gradient are the same (up to floating-point reordering); the model computes ``S`` fewer positions per pair (``2 Lc +
+2 Lr`` positions become ``Lc + Lr - S``) in the policy's forward and backward passes and in the reference's forward
+pass.
 
 The position before the first differing token predicts the chosen token on one branch and the rejected token on the
 other: each position therefore carries two targets, one per branch.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from elmtune.finetune.target_logits import IGNORE_INDEX, keeps_logits_subset, target_logps
+from elmtune.models.attention_mask import shared_prefix_mask
 
 
 def common_prefix_length(first: torch.Tensor, second: torch.Tensor) -> int:
@@ -72,7 +74,7 @@ class SharedPromptPairs:
         device = chosen_ids.device
         input_ids = torch.full((len(rows), width), pad_token_id, dtype=chosen_ids.dtype, device=device)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        branch = torch.full((len(rows), width), -1, dtype=torch.long, device=device)  # 0 prefix/chosen, 1 rejected
+        segments = torch.full((len(rows), width), -1, dtype=torch.long, device=device)  # 0 prefix, 1 chosen, 2 rejected
         targets = torch.full((len(rows), width, 2), IGNORE_INDEX, dtype=torch.long, device=device)
         for b, (lc, lr, s) in enumerate(rows):
             tail = lr - s
@@ -80,7 +82,7 @@ class SharedPromptPairs:
             input_ids[b, lc : lc + tail] = rejected_ids[b, s:lr]
             position_ids[b, :lc] = torch.arange(lc, device=device)
             position_ids[b, lc : lc + tail] = torch.arange(s, lr, device=device)
-            branch[b, :lc], branch[b, lc : lc + tail] = 0, 1
+            segments[b, :s], segments[b, s:lc], segments[b, lc : lc + tail] = 0, 1, 2
             # chosen: position t (< lc - 1) predicts label t + 1; it sits at t
             targets[b, : lc - 1, 0] = batch["chosen_labels"][b, 1:lc]
             # rejected: position t predicts label t + 1; it sits at t inside the prefix, at lc + t - s after it
@@ -88,9 +90,7 @@ class SharedPromptPairs:
             targets[b, :in_prefix, 1] = batch["rejected_labels"][b, 1 : in_prefix + 1]
             if tail > 1:
                 targets[b, lc : lc + tail - 1, 1] = batch["rejected_labels"][b, s + 1 : lr]
-        prefix_end = torch.tensor([s for _, _, s in rows], device=device)[:, None]  # (B, 1)
-        mask = _shared_prefix_mask(branch, position_ids, prefix_end)
-        return cls(input_ids, position_ids, mask, targets, sum(s for _, _, s in rows))
+        return cls(input_ids, position_ids, shared_prefix_mask(segments), targets, sum(s for _, _, s in rows))
 
     def logps(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed target log-probabilities and target counts of every sequence, chosen rows first.
@@ -111,23 +111,6 @@ class SharedPromptPairs:
             logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         logps, counts = target_logps(logits, targets)  # (B, 2) each
         return logps.transpose(0, 1).reshape(-1), counts.transpose(0, 1).reshape(-1)
-
-
-def _shared_prefix_mask(branch: torch.Tensor, position_ids: torch.Tensor, prefix_end: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) bool: query i attends key j when j is in i's own sequence at a position <= i's.
-
-    Args:
-        branch: (B, T) 0 for the prefix and the chosen tail, 1 for the rejected tail, -1 for padding.
-        position_ids: (B, T) positions within each token's sequence.
-        prefix_end: (B, 1) S, the shared prefix's length.
-    """
-    query_branch, key_branch = branch[:, :, None], branch[:, None, :]  # (B, T, 1), (B, 1, T)
-    key_in_prefix = (position_ids < prefix_end)[:, None, :] & (key_branch == 0)  # (B, 1, T)
-    same_sequence = (query_branch == key_branch) | key_in_prefix  # (B, T, T)
-    earlier = position_ids[:, None, :] <= position_ids[:, :, None]  # (B, T, T): key position <= query position
-    real = query_branch >= 0  # (B, T, 1)
-    eye = torch.eye(branch.shape[1], dtype=torch.bool, device=branch.device)  # padding attends to itself only
-    return ((same_sequence & earlier & real & (key_branch >= 0)) | (eye & ~real))[:, None]  # (B, 1, T, T)
 
 
 __all__ = ["SharedPromptPairs", "common_prefix_length"]

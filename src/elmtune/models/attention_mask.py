@@ -118,6 +118,23 @@ def packed_rows_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return block_causal_mask(_sequence_starts(position_ids).long().cumsum(-1))  # sequence ids (B, L), none padding
 
 
+def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
+    """4-D bool mask (B, 1, R, R) from segment ids (B, R): 0 = prefix, i > 0 = continuation i, -1 = padding.
+
+    Several continuations of one prefix in one row (the choices of a multiple-choice question, the two replies of a
+    preference pair), each computing what it would alone. A query attends to earlier keys of the prefix and of its own
+    segment; padding keys are never attended, and a padding query attends only to itself (so no row is empty and none
+    can produce NaN).
+    """
+    width = segments.shape[1]
+    index = torch.arange(width, device=segments.device)
+    causal = index[:, None] >= index[None, :]  # (R, R): query >= key
+    query, key = segments[:, :, None], segments[:, None, :]  # (B, R, 1), (B, 1, R)
+    allowed = causal & ((key == query) | (key == 0)) & (key >= 0) & (query >= 0)  # (B, R, R)
+    allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)
+    return allowed[:, None]  # (B, 1, R, R)
+
+
 __all__ = [
     "block_causal_mask",
     "is_packed",
@@ -125,4 +142,5 @@ __all__ = [
     "packed_segments",
     "positions_from_mask",
     "sdpa_attention_mask",
+    "shared_prefix_mask",
 ]
