@@ -5,7 +5,9 @@ empty side are skipped and counted) and tokenised by :func:`~elmtune.datasets.pr
 DPO run's template and length settings (pairs whose sides are identical tokens are skipped and counted). A side's
 log-probability ``log pi(y|x)`` is the sum over the reply's target tokens, as TRL's ``logps``. The tuned model is the
 loaded peft model; the base is the same model with its adapter switched off
-(:func:`~elmtune.adapters.state.disable_adapters`), so each model scores each pair once, in the same batch.
+(:func:`~elmtune.adapters.state.disable_adapters`), so each model scores each pair once, in the same batch. Each pair
+is one row with the prompt its two sequences share computed once
+(:class:`~elmtune.finetune.shared_prompt.SharedPromptPairs`, the layout DPO training uses).
 
 Metrics, with TRL's ``DPOTrainer`` names (means over the pairs, each with its standard error):
 
@@ -42,7 +44,7 @@ from elmtune.evaluation.batching import Batcher
 from elmtune.evaluation.config import BatchSize, EvalConfig, PreferenceSettings
 from elmtune.evaluation.data import DataError, file_provenance
 from elmtune.evaluation.report import MetricValue, TaskResult, mean_metric
-from elmtune.finetune.objectives import sequence_logps
+from elmtune.finetune.shared_prompt import SharedPromptPairs
 from elmtune.models import PAD_TOKEN_ID
 from elmtune.models.finite import NonFiniteError
 from elmtune.progress import Progress
@@ -219,13 +221,9 @@ def tokenize_source(source: PreferenceSource, tokenizer: Any, settings: Preferen
     return data
 
 
-def _logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(2B,) summed target-token log-probs of the chosen then the rejected sequences of a collated batch."""
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
-    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
-    labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (2B, L, V)
-    return sequence_logps(logits, labels)[0].cpu()
+def _logps(model: torch.nn.Module, layout: SharedPromptPairs) -> torch.Tensor:
+    """(2B,) summed target-token log-probs of the chosen then the rejected sequences of a batch's pairs."""
+    return layout.logps(model)[0].cpu()
 
 
 def _require_finite(logps: torch.Tensor, pairs: Sequence[TokenizedPair], model: str) -> None:
@@ -270,10 +268,11 @@ def score_pairs(
         batch_pairs = [pairs[i] for i in indices]
         batch = collate_preference(batch_pairs, pad_token_id=PAD_TOKEN_ID)
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        tuned = _logps(model, batch)  # (2B,)
+        layout = SharedPromptPairs.from_batch(batch, pad_token_id=PAD_TOKEN_ID)  # one row per pair, prompt once
+        tuned = _logps(model, layout)  # (2B,)
         _require_finite(tuned, batch_pairs, "model with its adapter")
         with disable_adapters(model) as base_model:
-            base = _logps(base_model, batch)  # (2B,)
+            base = _logps(base_model, layout)  # (2B,)
         _require_finite(base, batch_pairs, "base model")
         for row, i in enumerate(indices):
             scores[i] = (
