@@ -33,20 +33,19 @@ def main() -> None:
 
     from elmtune.datasets import prepare_data
     from elmtune.finetune.config import load_run_config
-    from elmtune.finetune.shared_prompt import common_prefix_length
     from elmtune.models import load_tokenizer
+    from elmtune.models.attention_mask import common_prefix_length
 
     recipe = load_run_config(args.recipe)
     data_config = dataclasses.replace(recipe.data, path=args.data, validation_size=0, skip_invalid=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = prepare_data(data_config, load_tokenizer())
-    import torch
 
     separate, shared, prefixes = [], [], []
     for pair in data.train:
-        chosen, rejected = torch.from_numpy(pair.chosen_input_ids), torch.from_numpy(pair.rejected_input_ids)
-        prefix = common_prefix_length(chosen, rejected)
+        chosen, rejected = pair.chosen_input_ids.tolist(), pair.rejected_input_ids.tolist()
+        prefix = common_prefix_length([chosen, rejected])
         separate.append(len(chosen) + len(rejected))
         shared.append(len(chosen) + len(rejected) - prefix)
         prefixes.append(prefix)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from elmtune.finetune.objectives import PreferenceObjective
-from elmtune.finetune.shared_prompt import SharedPromptPairs, common_prefix_length
+from elmtune.finetune.shared_prompt import SharedPromptPairs
 
 IGNORE = -100
 
@@ -22,12 +22,6 @@ def _pairs(rows: list[tuple[list[int], list[int], int]]) -> dict[str, torch.Tens
             batch.setdefault(f"{side}_attention_mask", []).append([1] * len(ids) + [0] * pad)
             batch.setdefault(f"{side}_labels", []).append([IGNORE] * prompt + ids[prompt:] + [IGNORE] * pad)
     return {key: torch.tensor(value) for key, value in batch.items()}
-
-
-def test_common_prefix_length():
-    assert common_prefix_length(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 5])) == 2
-    assert common_prefix_length(torch.tensor([1, 2]), torch.tensor([1, 2, 5])) == 2
-    assert common_prefix_length(torch.tensor([7, 2]), torch.tensor([1, 2])) == 0
 
 
 def test_a_pair_is_one_row_with_two_targets_per_position():

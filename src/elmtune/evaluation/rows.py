@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from elmtune.models.attention_mask import shared_prefix_mask
+from elmtune.models.attention_mask import common_prefix_length, shared_prefix_mask
 
 PACK_TOKENS = 512
 """Target tokens per packed sequence (the number of sequences is the batch's tokens / this, rounded up)."""
@@ -137,15 +137,6 @@ class Row:
         return all(segment == 0 for segment in self.segments)
 
 
-def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    first = sequences[0]
-    length = min(len(seq) for seq in sequences)
-    for i in range(length):
-        if any(seq[i] != first[i] for seq in sequences[1:]):
-            return i
-    return length
-
-
 def _model_inputs(requests: Sequence[EncodedRequest], max_length: int) -> tuple[list[tuple[int, ...]], bool]:
     """lm-eval's input per request, ``(context + continuation)[-(max_length + 1):][:-1]``, and whether any was cut."""
     inputs, truncated = [], False
@@ -181,7 +172,7 @@ def plan_rows(requests: Sequence[EncodedRequest], *, shared: bool, max_length: i
     inputs, truncated = _model_inputs(requests, max_length)
     if not shared or truncated or len(inputs) == 1:
         return [_full_row(i, inp, req.continuation) for i, (inp, req) in enumerate(zip(inputs, requests, strict=True))]
-    prefix = _common_prefix_length(inputs)
+    prefix = common_prefix_length(inputs)
     tokens = list(inputs[0][:prefix])
     positions = list(range(prefix))
     segments = [0] * prefix

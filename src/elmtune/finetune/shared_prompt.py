@@ -26,14 +26,7 @@ import torch
 from torch import nn
 
 from elmtune.finetune.target_logits import IGNORE_INDEX, keeps_logits_subset, target_logps
-from elmtune.models.attention_mask import shared_prefix_mask
-
-
-def common_prefix_length(first: torch.Tensor, second: torch.Tensor) -> int:
-    """Number of leading tokens two 1-D id sequences share."""
-    shortest = min(first.shape[0], second.shape[0])
-    differ = (first[:shortest] != second[:shortest]).nonzero()
-    return int(differ[0, 0]) if differ.numel() else shortest
+from elmtune.models.attention_mask import common_prefix_length, shared_prefix_mask
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ class SharedPromptPairs:
         rows = []
         for b, (lc, lr) in enumerate(zip(chosen_lengths, rejected_lengths, strict=True)):
             chosen, rejected = chosen_ids[b, :lc], rejected_ids[b, :lr]
-            rows.append((lc, lr, common_prefix_length(chosen, rejected)))
+            rows.append((lc, lr, common_prefix_length([chosen.tolist(), rejected.tolist()])))
         width = max(lc + lr - s for lc, lr, s in rows)
         device = chosen_ids.device
         input_ids = torch.full((len(rows), width), pad_token_id, dtype=chosen_ids.dtype, device=device)
@@ -113,4 +106,4 @@ class SharedPromptPairs:
         return logps.transpose(0, 1).reshape(-1), counts.transpose(0, 1).reshape(-1)
 
 
-__all__ = ["SharedPromptPairs", "common_prefix_length"]
+__all__ = ["SharedPromptPairs"]

@@ -11,6 +11,8 @@ beyond the sequences' own squares); several rows get a block-diagonal causal mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -118,6 +120,19 @@ def packed_rows_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return block_causal_mask(_sequence_starts(position_ids).long().cumsum(-1))  # sequence ids (B, L), none padding
 
 
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Number of leading tokens all the token id sequences share (at most the shortest one's length).
+
+    That is the prefix a :func:`shared_prefix_mask` row holds once.
+    """
+    length = 0
+    for column in zip(*sequences, strict=False):  # stops at the shortest
+        if any(token != column[0] for token in column[1:]):
+            break
+        length += 1
+    return length
+
+
 def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
     """4-D bool mask (B, 1, R, R) from segment ids (B, R): 0 = prefix, i > 0 = continuation i, -1 = padding.
 
@@ -137,6 +152,7 @@ def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "block_causal_mask",
+    "common_prefix_length",
     "is_packed",
     "packed_rows_mask",
     "packed_segments",
