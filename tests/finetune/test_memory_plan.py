@@ -16,7 +16,13 @@ from elmtune.errors import UsageError
 from elmtune.finetune.config import RunConfig, TrainConfig
 from elmtune.finetune.memory_advice import plan_with_advice
 from elmtune.finetune.memory_counts import AdaptedInput, ParameterCounts, count_parameters
-from elmtune.finetune.memory_plan import CPU_RUNTIME_BYTES, DeviceBudget, parse_device, plan_memory
+from elmtune.finetune.memory_plan import (
+    CPU_ALLOCATOR_SHARE,
+    CPU_RUNTIME_BYTES,
+    DeviceBudget,
+    parse_device,
+    plan_memory,
+)
 from elmtune.models.geometry import LayerGeometry, ModelGeometry
 
 CPU = DeviceBudget("cpu", 10**12)
@@ -89,7 +95,9 @@ def test_byte_arithmetic_by_hand():
     assert plan.logits == 6 * 120
     assert (plan.weights, plan.adapter, plan.gradients, plan.optimizer) == (4000, 400, 400, 800)
     assert plan.runtime == CPU_RUNTIME_BYTES
-    assert plan.total == 3504 + 2928 + 720 + 5600 + CPU_RUNTIME_BYTES
+    # the CPU heap keeps a share of the step's activation volume (here all of it is kept: no checkpointing)
+    assert plan.allocator == round(CPU_ALLOCATOR_SHARE * 6 * (488 + 96))
+    assert plan.total == 3504 + 2928 + 720 + 5600 + plan.allocator + CPU_RUNTIME_BYTES
     assert plan.tokens_per_step == 6
 
 
@@ -105,6 +113,15 @@ def test_bf16_autocast_by_hand():
 def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer_by_hand():
     plan = plan_memory(_hand_config(gradient_checkpointing=True), CPU, _hand_counts())
     assert plan.activations == 6 * (4 * 8 + 488 + 96)  # one layer input, one layer recomputed, the rest
+    # the recomputation allocates and frees the same activations again: the heap keeps the same share
+    assert plan.allocator == round(CPU_ALLOCATOR_SHARE * 6 * (488 + 96))
+
+
+@pytest.mark.parametrize("device", [DeviceBudget("cuda", 24 * 10**9), DeviceBudget("mps", 16 * 10**9)])
+def test_gpu_plans_have_no_cpu_heap_share(device):
+    plan = plan_memory(_hand_config(), device, _hand_counts())
+    assert plan.allocator == 0
+    assert plan.total == sum(size for name, size in plan.components() if name != "allocator")
 
 
 def test_adapter_dropout_keeps_its_output_and_mask_per_target_by_hand():

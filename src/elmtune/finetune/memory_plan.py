@@ -13,8 +13,14 @@ The prediction adds, in bytes:
   the larger of the logits with their fp32 copy (forward), the reference forward's (``dpo``) and the gradients of
   the log-softmax and the logits (backward); see :func:`logits_bytes`.
 * **workspace**: the gradients of one layer's activations while the backward pass runs through it.
-* **runtime**: the memory of the process before any tensor (CPU: Python, torch and the libraries; the one empirical
-  constant, :data:`CPU_RUNTIME_BYTES`) or the CUDA context.
+* **allocator** (CPU only): freed memory the C library's heap keeps instead of returning it (glibc serves tensors
+  under its mmap threshold, up to 32 MiB, from a heap that the backward pass fragments); a share,
+  :data:`CPU_ALLOCATOR_SHARE`, of the activations one step computes (without checkpointing: the volume that the
+  forward pass, or a checkpointed run's recomputation, allocates and frees).
+* **runtime**: the memory of the process before any tensor (CPU: Python, torch and the libraries,
+  :data:`CPU_RUNTIME_BYTES`) or the CUDA context.
+
+The two CPU constants are empirical (Linux x86-64, glibc, torch 2.x); the rest follows from the shapes.
 
 Micro-batches are ``batch_size`` sequences (``dpo``: chosen and rejected, ``2 x batch_size``) of ``max_length``
 tokens, every position scored (the worst case: prompt positions are not scored unless ``train_on_prompt``).
@@ -38,6 +44,13 @@ CPU_RUNTIME_BYTES = 560 * 2**20
 """Resident memory of a CPU training process before the model: Python with torch, transformers, peft, datasets and
 accelerate imported (measured as ``VmRSS`` right after those imports: 516 MiB on Linux x86-64 with torch 2.x), plus
 allocator and thread-pool overhead of a running step."""
+CPU_ALLOCATOR_SHARE = 0.2
+"""Freed memory glibc's heap keeps at a CPU training step's peak, as a share of the step's activation volume (the
+activations without gradient checkpointing). Measured on Linux x86-64 (glibc, torch 2.13) as the peak RSS of a run
+with the default allocator minus that of the same run with every allocation mapped and unmapped on its own
+(``MALLOC_MMAP_THRESHOLD_=131072``): 0.3-0.5 of the activation volume for 270M runs. The other components already
+run above the tensors' own peak, so meeting the default peak took 0.07-0.35 on the 270M settings of
+``benchmarks/plan_vs_measured.py``; 0.2 is the middle (see docs/training.md, Memory planning)."""
 CUDA_CONTEXT_BYTES = 512 * 2**20
 """Device memory the CUDA context and kernels take outside torch's allocator."""
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -100,6 +113,7 @@ class MemoryPlan:
         activations: What the forward pass keeps for the backward pass.
         logits: The loss's vocabulary logits, log-softmax and their gradients.
         workspace: Gradients of one layer's activations during the backward pass.
+        allocator: Freed memory the CPU's C library heap keeps (0 on CUDA and MPS).
         runtime: The process (CPU) or CUDA context before any tensor.
         tokens_per_step: Tokens of one optimizer step (micro-batch x max length x accumulation; ``dpo``: both
             sequences of every pair).
@@ -117,6 +131,7 @@ class MemoryPlan:
     activations: int
     logits: int
     workspace: int
+    allocator: int
     runtime: int
     tokens_per_step: int
     sequences_per_micro_batch: int
@@ -134,7 +149,8 @@ class MemoryPlan:
 
     def components(self) -> list[tuple[str, int]]:
         """(name, bytes) of every component, in table order."""
-        names = ("weights", "adapter", "gradients", "optimizer", "activations", "logits", "workspace", "runtime")
+        names = ("weights", "adapter", "gradients", "optimizer", "activations", "logits", "workspace", "allocator")
+        names += ("runtime",)
         return [(name, getattr(self, name)) for name in names]
 
     def to_dict(self) -> dict[str, object]:
@@ -243,10 +259,11 @@ def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts
     residual = act_bytes * geometry.model_dim  # a layer's input, per token
     head_dim = geometry.layers[0].head_dim if geometry.layers else 0
     shared = residual + 4 * geometry.model_dim + 2 * 4 * head_dim  # embedding output, final norm, rotary tables
+    volume = tokens * (sum(per_layer) + shared)  # every activation one step computes and frees
     if train.gradient_checkpointing:
         activations = tokens * (len(per_layer) * residual + max(per_layer, default=0) + shared)
     else:
-        activations = tokens * (sum(per_layer) + shared)
+        activations = volume
     on_the_fly = dpo and not train.precompute_reference
     logits = tokens * logits_bytes(geometry.vocab_size, act_bytes, dpo=on_the_fly, z_loss=train.z_loss > 0)
     trainable = counts.trainable
@@ -261,6 +278,7 @@ def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts
         activations=activations,
         logits=logits,
         workspace=tokens * max(per_layer, default=0),
+        allocator=round(CPU_ALLOCATOR_SHARE * volume) if device.kind == "cpu" else 0,
         runtime=CPU_RUNTIME_BYTES if device.kind == "cpu" else CUDA_CONTEXT_BYTES if device.kind == "cuda" else 0,
         tokens_per_step=tokens * train.grad_accum,
         sequences_per_micro_batch=sequences,
@@ -268,6 +286,7 @@ def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts
 
 
 __all__ = [
+    "CPU_ALLOCATOR_SHARE",
     "CPU_RUNTIME_BYTES",
     "CUDA_CONTEXT_BYTES",
     "DeviceBudget",

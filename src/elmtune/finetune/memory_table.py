@@ -20,6 +20,7 @@ WHAT = {
     "activations": "kept for the backward pass ({checkpointing})",
     "logits": "loss logits, log-softmax, gradients",
     "workspace": "one layer's activation gradients",
+    "allocator": "freed memory the CPU heap keeps",
     "runtime": "process / device context",
 }
 """Component -> what it holds (formatted with the run's settings)."""
