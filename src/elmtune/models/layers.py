@@ -110,6 +110,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + _rotate_half(x32) * sin).type_as(x)
 
 
+def sdpa_expands_kv(device_type: str, masked: bool) -> bool:
+    """Whether grouped keys and values are repeated to the query heads before SDPA (instead of ``enable_gqa``).
+
+    That keeps SDPA on a fused kernel. MPS kernels lack grouped-query support in several torch releases. On CUDA
+    (and other accelerators) the fused kernels take ``enable_gqa`` only without an explicit mask: a masked grouped
+    call falls back to the math kernel, which materialises the (B, n_q, L, S) attention weights, in fp32, and keeps
+    them for the backward pass (padded batches, shared-prompt preference pairs, packed scoring rows). With the heads
+    repeated, the memory-efficient kernel takes the mask. The CPU's flash kernel takes a mask and ``enable_gqa``
+    together.
+
+    Args:
+        device_type: ``cpu``, ``cuda``, ``mps``...
+        masked: Whether this SDPA call gets an explicit ``attn_mask``.
+    """
+    return device_type == "mps" or (masked and device_type != "cpu")
+
+
 class OpenELMMultiHeadCausalAttention(nn.Module):
     """Grouped-query attention of one layer, with its own head counts and per-head q/k RMSNorm.
 
@@ -167,8 +184,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, past + L, hd)
         grouped = self.num_q_heads != self.num_kv_heads
-        if grouped and q.device.type == "mps":
-            # MPS SDPA kernels lack grouped-query support in several torch releases: expand K/V explicitly there.
+        if grouped and sdpa_expands_kv(q.device.type, masked=segments is None and attn_mask is not None):
             repeats = self.num_q_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, n_q, S, hd)
             grouped = False
