@@ -115,7 +115,7 @@ def sdpa_expands_kv(device_type: str, masked: bool) -> bool:
 
     That keeps SDPA on a fused kernel. MPS kernels lack grouped-query support in several torch releases. On CUDA
     (and other accelerators) the fused kernels take ``enable_gqa`` only without an explicit mask: a masked grouped
-    call falls back to the math kernel, which materialises the (B, n_q, L, S) attention weights, in fp32, and keeps
+    call falls back to the math kernel, which materialises the (B, n_q, L, S) attention weights and keeps
     them for the backward pass (padded batches, shared-prompt preference pairs, packed scoring rows). With the heads
     repeated, the memory-efficient kernel takes the mask. The CPU's flash kernel takes a mask and ``enable_gqa``
     together.
