@@ -59,10 +59,10 @@ class SharedPromptPairs:
         chosen_ids, rejected_ids = batch["chosen_input_ids"], batch["rejected_input_ids"]
         chosen_lengths = batch["chosen_attention_mask"].sum(-1).tolist()
         rejected_lengths = batch["rejected_attention_mask"].sum(-1).tolist()
+        chosen_rows, rejected_rows = chosen_ids.tolist(), rejected_ids.tolist()  # one copy to the host per batch
         rows = []
         for b, (lc, lr) in enumerate(zip(chosen_lengths, rejected_lengths, strict=True)):
-            chosen, rejected = chosen_ids[b, :lc], rejected_ids[b, :lr]
-            rows.append((lc, lr, common_prefix_length([chosen.tolist(), rejected.tolist()])))
+            rows.append((lc, lr, common_prefix_length([chosen_rows[b][:lc], rejected_rows[b][:lr]])))
         width = max(lc + lr - s for lc, lr, s in rows)
         device = chosen_ids.device
         input_ids = torch.full((len(rows), width), pad_token_id, dtype=chosen_ids.dtype, device=device)
