@@ -117,6 +117,22 @@ def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer_by_hand():
     assert plan.allocator == round(CPU_ALLOCATOR_SHARE * 6 * (488 + 96))
 
 
+@pytest.mark.parametrize(
+    ("kind", "padding_free", "per_token"),
+    [
+        ("cpu", False, 488),  # the CPU's fused kernel takes grouped heads under a mask
+        ("cuda", True, 488),  # no mask: CUDA's fused kernels take grouped heads
+        ("cuda", False, 488 + 2 * 4 * (8 - 4)),  # padded rows: k and v repeated from 1 to 2 heads of width 4, fp32
+        ("mps", True, 488 + 2 * 4 * (8 - 4)),  # MPS repeats them always
+    ],
+)
+def test_repeated_kv_heads_by_hand(kind, padding_free, per_token):
+    config = _hand_config()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, padding_free=padding_free))
+    plan = plan_memory(config, DeviceBudget(kind, 10**12), _hand_counts())
+    assert plan.workspace == 6 * per_token
+
+
 @pytest.mark.parametrize("device", [DeviceBudget("cuda", 24 * 10**9), DeviceBudget("mps", 16 * 10**9)])
 def test_gpu_plans_have_no_cpu_heap_share(device):
     plan = plan_memory(_hand_config(), device, _hand_counts())

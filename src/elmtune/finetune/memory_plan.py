@@ -192,12 +192,19 @@ def weight_bytes(counts: ParameterCounts, base_dtype: str, compute_bytes: int) -
 
 
 def layer_activation_bytes(
-    layer: LayerGeometry, counts: ParameterCounts, act_bytes: int, config: RunConfig, *, autocast: bool = False
+    layer: LayerGeometry,
+    counts: ParameterCounts,
+    act_bytes: int,
+    config: RunConfig,
+    *,
+    autocast: bool = False,
+    repeated_kv: bool = False,
 ) -> int:
     """Bytes autograd keeps per token for one decoder layer (``autocast``: bf16/fp16 mixed precision is on).
 
     The two RMSNorms keep their fp32 inputs (4 d each), the q/k norms their fp32 queries and keys; attention keeps
-    q, k, v and its output plus one fp32 log-sum-exp per head; the GLU feed-forward keeps ``proj_1``'s output (2 f),
+    q, k, v and its output plus one fp32 log-sum-exp per head (with ``repeated_kv``, k and v repeated to the query
+    heads: see :func:`elmtune.models.layers.sdpa_expands_kv`); the GLU feed-forward keeps ``proj_1``'s output (2 f),
     the activation (f). Every adapted input is kept for its LoRA A (once when the compute is fp32 and the targets
     share it; otherwise one copy per target: in fp32 on a bf16/fp16 base without autocast, as the fp32 adapter casts
     it, in the autocast dtype under autocast, which casts it back for the matmul), with dropout's output and mask,
@@ -205,7 +212,7 @@ def layer_activation_bytes(
     """
     d, q, kv, f = layer.model_dim, layer.q_rows, layer.kv_rows, layer.ffn_dim
     kept = 4 * 2 * d + (4 * (q + kv) if layer.normalize_qk else 0)
-    kept += act_bytes * (q + 2 * kv) + act_bytes * q + 4 * layer.num_query_heads
+    kept += act_bytes * (q + 2 * (q if repeated_kv else kv)) + act_bytes * q + 4 * layer.num_query_heads
     kept += act_bytes * (3 * f if layer.ffn_with_glu else f)
     dropout = config.adapter.dropout > 0
     for adapted in counts.inputs.get(layer.index, ()):
@@ -253,8 +260,12 @@ def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts
     tokens = sequences * config.data.max_length  # (N x L) positions of one forward pass
     geometry = counts.geometry
     autocast = precision != "fp32"
+    # padded rows, packs and preference pairs attend under a mask: MPS, and CUDA under a mask, repeat the K/V heads
+    masked = dpo or not config.data.padding_free
+    repeated_kv = device.kind == "mps" or (device.kind == "cuda" and masked)
     per_layer = [
-        layer_activation_bytes(layer, counts, act_bytes, config, autocast=autocast) for layer in geometry.layers
+        layer_activation_bytes(layer, counts, act_bytes, config, autocast=autocast, repeated_kv=repeated_kv)
+        for layer in geometry.layers
     ]
     residual = act_bytes * geometry.model_dim  # a layer's input, per token
     head_dim = geometry.layers[0].head_dim if geometry.layers else 0
