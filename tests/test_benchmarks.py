@@ -360,6 +360,14 @@ def test_shared_prompt_positions_count_each_pairs_common_prefix_once():
     )
 
 
+def test_quick_preference_eval_scores_equal_separate_rows():
+    result = _last_json_line("preference_eval.py", "--quick")
+    assert result["pairs"] == 4 and all(len(times) == 1 for times in result["seconds"].values())
+    assert result["max_abs_logp_difference"] < 1e-3  # summed log-probs of about -1,000 nats, fp32 logits
+    best = {name: min(times) for name, times in result["seconds"].items()}
+    assert result["shared_over_separate"] == pytest.approx(best["shared"] / best["separate"], rel=1e-2)
+
+
 def test_quick_dpo_steps_run_every_kind_and_state_the_separate_rows_floor():
     result = _last_json_line("dpo_vs_sft.py", "--quick", "--json", "--rounds", "1")
     assert set(result["ratio_to_sft"]) == {"sft", "dpo", "dpo-precomputed", "dpo-separate", "reference-forward"}
