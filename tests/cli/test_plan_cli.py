@@ -44,7 +44,7 @@ def test_table_and_advice_when_it_does_not_fit(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result = runner.invoke(app, ["plan", "-m", "tiny", "--max-length", "512", "--device", "cpu:0.5GB"])
     assert result.exit_code == 0, result.output
-    for word in ("weights", "adapter", "optimizer", "activations", "logits", "runtime", "total"):
+    for word in ("weights", "adapter", "optimizer", "activations", "logits", "allocator", "runtime", "total"):
         assert word in result.output
     assert "does NOT fit in cpu:0.5GB" in result.output
     assert "--gradient-checkpointing" in result.output and "--batch-size 2 --grad-accum 4" in result.output
@@ -70,3 +70,10 @@ def test_a_recipe_as_the_argument(monkeypatch, tmp_path):
 def test_user_mistakes_are_one_line_errors(run_main, argv, message):
     code, line = run_main(argv)
     assert code == 2 and message in line
+
+
+def test_a_gpu_table_leaves_out_the_cpu_heap_row(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    result = runner.invoke(app, ["plan", "-m", "tiny", "--device", "cuda:8GB"])
+    assert result.exit_code == 0, result.output
+    assert "activations" in result.output and "allocator" not in result.output

@@ -53,6 +53,8 @@ def plan_table(plan: MemoryPlan, config: RunConfig) -> Table:
     }
     total = plan.total
     for name, size in plan.components():
+        if name == "allocator" and not size:
+            continue  # a GPU plan: the CPU heap's row does not apply
         table.add_row(name, WHAT[name].format(**notes), f"{size / GB:.3f}", f"{100 * size / total:.0f}%")
     table.add_section()
     verdict = "fits" if plan.fits else "does not fit"
