@@ -1,11 +1,15 @@
-"""Grouped-query attention under a mask: repeating the key/value heads (what CUDA and MPS get) gives the outputs and
-gradients of ``enable_gqa``, and the CPU keeps its fused kernel with both."""
+"""Grouped-query attention: repeating the key/value heads (what MPS, CUDA under a mask and older torch on the CPU get)
+gives the outputs and gradients of ``enable_gqa``, and the CPU attention runs a fused kernel, masked or not."""
 
 import pytest
 import torch
 
 import elmtune.models.layers as layers
 from elmtune.models.attention_mask import shared_prefix_mask
+
+
+def _unpadded(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _left_padded(ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -30,32 +34,35 @@ def _outputs_and_grads(model, inputs):
     return logits[keep].detach(), grads
 
 
-@pytest.mark.parametrize("layout", [_left_padded, _shared_prefix], ids=["left-padded", "shared-prefix"])
-def test_repeated_heads_equal_enable_gqa_under_a_mask(make_tiny, ids, monkeypatch, layout):
+LAYOUTS = pytest.mark.parametrize(
+    "layout", [_unpadded, _left_padded, _shared_prefix], ids=["causal", "left-padded", "shared-prefix"]
+)
+
+
+@LAYOUTS
+def test_repeated_heads_equal_enable_gqa(make_tiny, ids, monkeypatch, layout):
     model = make_tiny().train()
     model.config.attention_dropout = 0.0
     inputs = layout(ids)
     grouped = _outputs_and_grads(model, inputs)
-    # what CUDA runs under a mask, forced on the CPU
-    monkeypatch.setattr(layers, "sdpa_expands_kv", lambda device_type, masked: masked)
+    # the repeated heads, forced on the CPU
+    monkeypatch.setattr(layers, "sdpa_expands_kv", lambda device, dtype, head_dim, masked: True)
     repeated = _outputs_and_grads(model, inputs)
     torch.testing.assert_close(repeated[0], grouped[0], rtol=1e-5, atol=1e-5)
     for name, grad in grouped[1].items():
         torch.testing.assert_close(repeated[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_the_cpu_keeps_its_fused_kernel_with_a_mask_and_grouped_heads(make_tiny, ids):
+@LAYOUTS
+def test_the_cpu_attention_runs_a_fused_kernel(make_tiny, ids, layout):
+    """On every supported torch: with ``enable_gqa`` where the CPU's flash kernel takes it, else with repeated heads."""
     model = make_tiny()
     with torch.no_grad(), torch.profiler.profile() as profile:
-        model(**_left_padded(ids))
+        model(**layout(ids))
     kernels = {event.key for event in profile.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
     assert "aten::_scaled_dot_product_attention_math" not in kernels
-    assert "aten::repeat_interleave" not in kernels
 
 
-def test_which_devices_repeat_the_heads():
-    assert not layers.sdpa_expands_kv("cpu", masked=True)
-    assert not layers.sdpa_expands_kv("cuda", masked=False)  # causal without a mask: flash takes enable_gqa
-    assert layers.sdpa_expands_kv("cuda", masked=True)
-    assert layers.sdpa_expands_kv("mps", masked=False)
+def test_mps_always_repeats_the_heads():
+    assert layers.sdpa_expands_kv(torch.device("mps"), torch.float16, 64, masked=False)

@@ -6,9 +6,12 @@ Apple's numerics: norms and rotary embedding in fp32, cast back to the input dty
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -110,21 +113,40 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + _rotate_half(x32) * sin).type_as(x)
 
 
-def sdpa_expands_kv(device_type: str, masked: bool) -> bool:
+def sdpa_expands_kv(device: torch.device, dtype: torch.dtype, head_dim: int, masked: bool) -> bool:
     """Whether grouped keys and values are repeated to the query heads before SDPA (instead of ``enable_gqa``).
 
-    That keeps SDPA on a fused kernel. MPS kernels lack grouped-query support in several torch releases. On CUDA
-    (and other accelerators) the fused kernels take ``enable_gqa`` only without an explicit mask: a masked grouped
-    call falls back to the math kernel, which materialises the (B, n_q, L, S) attention weights and keeps
-    them for the backward pass (padded batches, shared-prompt preference pairs, packed scoring rows). With the heads
-    repeated, the memory-efficient kernel takes the mask. The CPU's flash kernel takes a mask and ``enable_gqa``
-    together.
+    A grouped call that SDPA can only run in its math kernel materialises the (B, n_q, L, S) attention weights and
+    keeps them for the backward pass; with the heads repeated, a fused kernel takes the call. Which calls fall back
+    depends on the torch release and the device: CUDA's fused kernels take ``enable_gqa`` only without a mask (and
+    only flash, which needs half precision); the CPU's flash kernel takes it in recent releases (2.13, mask or not)
+    and not in older ones (2.6: never). So torch's own kernel choice is asked, once per device, dtype, head size and
+    mask (:func:`_gqa_needs_math`). MPS kernels lack grouped-query support in several torch releases: always
+    repeated there.
 
     Args:
-        device_type: ``cpu``, ``cuda``, ``mps``...
-        masked: Whether this SDPA call gets an explicit ``attn_mask``.
+        device: Device of the queries.
+        dtype: Their dtype.
+        head_dim: Their head size.
+        masked: Whether this SDPA call gets an explicit ``attn_mask`` (else ``is_causal`` or nothing).
     """
-    return device_type == "mps" or (masked and device_type != "cpu")
+    return device.type == "mps" or _gqa_needs_math(device, dtype, head_dim, masked)
+
+
+@functools.cache
+def _gqa_needs_math(device: torch.device, dtype: torch.dtype, head_dim: int, masked: bool) -> bool:
+    """Whether SDPA sends a grouped call to its math kernel where the same call with repeated heads gets a fused one."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None or device.type == "meta":  # no kernel to ask: CUDA's rule, repeat under a mask
+        return masked and device.type != "cpu"
+    query = torch.zeros(1, 2, 4, head_dim, dtype=dtype, device=device)
+    grouped = torch.zeros(1, 1, 4, head_dim, dtype=dtype, device=device)
+    repeated = grouped.repeat_interleave(2, dim=1)  # (1, 2, 4, hd), as the attention repeats them
+    shape = {"attn_mask": torch.ones(1, 1, 4, 4, dtype=torch.bool, device=device)} if masked else {"is_causal": True}
+    math = SDPBackend.MATH
+    with_gqa = SDPBackend(choose(query, grouped, grouped, enable_gqa=True, **shape))
+    without = SDPBackend(choose(query, repeated, repeated, **shape))
+    return with_gqa == math and without != math
 
 
 class OpenELMMultiHeadCausalAttention(nn.Module):
@@ -184,7 +206,8 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, past + L, hd)
         grouped = self.num_q_heads != self.num_kv_heads
-        if grouped and sdpa_expands_kv(q.device.type, masked=segments is None and attn_mask is not None):
+        masked = segments is None and attn_mask is not None
+        if grouped and sdpa_expands_kv(q.device, q.dtype, self.head_dim, masked):
             repeats = self.num_q_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, n_q, S, hd)
             grouped = False
