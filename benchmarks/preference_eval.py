@@ -45,14 +45,8 @@ def separate_rows(model, pairs, batch_size: int):  # noqa: ANN001, ANN201 - torc
 
     from elmtune.adapters import disable_adapters
     from elmtune.datasets.preference import collate_preference
-    from elmtune.finetune.target_logits import target_logits, target_logps
+    from elmtune.finetune.objectives import _pair_logps  # the separate rows of --no-share-prompt training
     from elmtune.models import PAD_TOKEN_ID
-
-    def logps(scoring_model, batch):  # (2B,) chosen first
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
-        return target_logps(*target_logits(scoring_model, {"input_ids": ids, "attention_mask": mask}, labels))[0]
 
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i]))
     scores = {}
@@ -60,9 +54,9 @@ def separate_rows(model, pairs, batch_size: int):  # noqa: ANN001, ANN201 - torc
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = collate_preference([pairs[i] for i in indices], pad_token_id=PAD_TOKEN_ID)
-            tuned = logps(model, batch)
+            tuned = _pair_logps(model, batch, None)[0]  # (2B,) chosen first
             with disable_adapters(model) as base_model:
-                base = logps(base_model, batch)
+                base = _pair_logps(base_model, batch, None)[0]
             for row, i in enumerate(indices):
                 n = len(indices)
                 scores[i] = (tuned[row], tuned[n + row], base[row], base[n + row])

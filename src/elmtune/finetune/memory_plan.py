@@ -54,6 +54,18 @@ run above the tensors' own peak, so meeting the default peak took 0.07-0.35 on t
 CUDA_CONTEXT_BYTES = 512 * 2**20
 """Device memory the CUDA context and kernels take outside torch's allocator."""
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+COMPONENTS = (
+    "weights",
+    "adapter",
+    "gradients",
+    "optimizer",
+    "activations",
+    "logits",
+    "workspace",
+    "allocator",
+    "runtime",
+)
+"""The :class:`MemoryPlan` fields that add up to its total, in table order."""
 
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(?::(\d+(?:\.\d+)?)\s*(gb|gib|g)?)?$", re.IGNORECASE)
 
@@ -149,9 +161,7 @@ class MemoryPlan:
 
     def components(self) -> list[tuple[str, int]]:
         """(name, bytes) of every component, in table order."""
-        names = ("weights", "adapter", "gradients", "optimizer", "activations", "logits", "workspace", "allocator")
-        names += ("runtime",)
-        return [(name, getattr(self, name)) for name in names]
+        return [(name, getattr(self, name)) for name in COMPONENTS]
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready values (bytes), with the total and the verdict."""
