@@ -7,9 +7,10 @@ as soon as a user reaches for them.
 So: if transformers' auto modules are already imported, register now. Otherwise watch transformers' own imports
 (a meta-path finder that wraps the loaders of ``transformers.*`` modules) and register at the first moment when an
 auto module has been loaded and no transformers module is still executing. Registering earlier, from inside a
-half-finished transformers import, would hit transformers' circular imports. elmtune's own model modules are watched
-the same way: importing ``elmtune.models.modeling`` first imports transformers, whose auto modules must not register
-a class that module has not defined yet. Once done, the finder removes itself.
+half-finished transformers import, would hit transformers' circular imports. elmtune's own modules are watched the
+same way: registering imports ``elmtune.models.modeling`` and the modules it uses, so it must wait while any elmtune
+module is still executing (``elmtune.models.layers`` imported first imports transformers before it defines the
+classes ``elmtune.models.modeling`` takes from it). Once done, the finder removes itself.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import sys
 from types import ModuleType
 
 _TRIGGERS = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
-_REGISTERED_MODULES = ("elmtune.models.configuration", "elmtune.models.modeling")
-"""The modules that define the registered classes: no registration while one of them is executing."""
 
 
 def _watched(fullname: str) -> bool:
-    return fullname.startswith("transformers.") or fullname in _REGISTERED_MODULES
+    """Whether a module is one of transformers' or elmtune's: no registration while one of them executes."""
+    return fullname.startswith(("transformers.", "elmtune."))
 
 
 def _register() -> None:
@@ -60,7 +60,7 @@ class _TrackedLoader(importlib.abc.Loader):
 
 
 class _TransformersImportWatcher(importlib.abc.MetaPathFinder):
-    """Wraps the loaders of ``transformers.*`` modules (and elmtune's model modules) until OpenELM is registered."""
+    """Wraps the loaders of ``transformers.*`` and ``elmtune.*`` modules until OpenELM is registered."""
 
     def __init__(self) -> None:
         self.depth = 0

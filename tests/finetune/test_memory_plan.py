@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from elmtune.adapters import AdapterConfig, apply_adapter
 from elmtune.datasets.config import DataConfig
@@ -23,9 +24,22 @@ from elmtune.finetune.memory_plan import (
     parse_device,
     plan_memory,
 )
+from elmtune.models import layers
 from elmtune.models.geometry import LayerGeometry, ModelGeometry
 
 CPU = DeviceBudget("cpu", 10**12)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-computed plans assume SDPA's fused kernels take grouped heads except under a mask on a GPU.
+
+    Which kernel torch picks depends on its release and the device (torch 2.6's CPU never takes them), so the
+    choice the model asks for is pinned to that rule here; a test below lets torch answer otherwise.
+    """
+    monkeypatch.setattr(
+        layers, "_gqa_needs_math", lambda device, dtype, head_dim, masked: masked and device.type != "cpu"
+    )
 
 
 def _config(adapter: AdapterConfig | None = None, **train: object) -> RunConfig:
@@ -131,6 +145,23 @@ def test_repeated_kv_heads_by_hand(kind, padding_free, per_token):
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, padding_free=padding_free))
     plan = plan_memory(config, DeviceBudget(kind, 10**12), _hand_counts())
     assert plan.workspace == 6 * per_token
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_cpu_plan_counts_repeated_heads_where_torch_would_not_group_them(monkeypatch, masked):
+    # torch 2.6's CPU kernel choice: a grouped call always goes to the math kernel, so the model repeats the heads
+    asked = []
+
+    def math_for_grouped(device, dtype, head_dim, masked):
+        asked.append((device.type, dtype, head_dim, masked))
+        return True
+
+    monkeypatch.setattr(layers, "_gqa_needs_math", math_for_grouped)
+    config = _hand_config()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, padding_free=not masked))
+    plan = plan_memory(config, CPU, _hand_counts())
+    assert plan.workspace == 6 * (488 + 2 * 4 * (8 - 4))  # k and v repeated from 1 to 2 heads of width 4, fp32
+    assert asked == [("cpu", torch.float32, 4, masked)]
 
 
 @pytest.mark.parametrize("device", [DeviceBudget("cuda", 24 * 10**9), DeviceBudget("mps", 16 * 10**9)])

@@ -133,6 +133,7 @@ def test_hub_directory_loads_natively_and_resaves_losslessly(hub_style_dir, tmp_
         "elmtune.models.modeling",  # imports transformers, whose auto modules must wait for the class it defines
         "elmtune.models.configuration",
         "elmtune.models",
+        "elmtune.models.layers",  # imports transformers before it defines the classes the model module takes from it
     ],
 )
 def test_the_auto_classes_resolve_openelm_whatever_is_imported_first(hub_style_dir, first):

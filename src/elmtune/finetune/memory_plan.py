@@ -250,6 +250,29 @@ def logits_bytes(vocab: int, act_bytes: int, dpo: bool, z_loss: bool = False) ->
     return kept + max(forward, reference, backward)
 
 
+def attention_repeats_kv(kind: str, dtype: str, head_dim: int, masked: bool) -> bool:
+    """Whether the model's attention would repeat grouped K/V heads on a ``kind`` device (the model's own rule).
+
+    The model asks torch's kernel choice (:func:`elmtune.models.layers.sdpa_expands_kv`), so the plan asks it too
+    where this machine has the device (the CPU; CUDA when present). A device it lacks is planned with the rule's
+    fallback: MPS always repeats, CUDA repeats under a mask.
+
+    Args:
+        kind: ``cpu``, ``cuda`` or ``mps``.
+        dtype: The attention's dtype (``fp32``, ``bf16``, ``fp16``).
+        head_dim: The head size.
+        masked: Whether the rows attend under an explicit mask.
+    """
+    import torch
+
+    from elmtune.models.layers import sdpa_expands_kv
+
+    present = kind != "cuda" or torch.cuda.is_available()  # MPS is decided without asking torch
+    device = torch.device(kind if present else "meta")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return sdpa_expands_kv(device, dtypes[dtype], head_dim, masked)
+
+
 def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts) -> MemoryPlan:
     """Predict the peak memory of ``config`` on ``device`` (no advice; see :func:`plan_with_advice`).
 
@@ -270,15 +293,16 @@ def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts
     tokens = sequences * config.data.max_length  # (N x L) positions of one forward pass
     geometry = counts.geometry
     autocast = precision != "fp32"
-    # padded rows, packs and preference pairs attend under a mask: MPS, and CUDA under a mask, repeat the K/V heads
+    head_dim = geometry.layers[0].head_dim if geometry.layers else 0
+    attention_dtype = precision if DTYPE_BYTES[precision] == act_bytes else base_dtype
+    # padded rows, packs and preference pairs attend under a mask; padding-free rows attend causally
     masked = dpo or not config.data.padding_free
-    repeated_kv = device.kind == "mps" or (device.kind == "cuda" and masked)
+    repeated_kv = bool(geometry.layers) and attention_repeats_kv(device.kind, attention_dtype, head_dim, masked)
     per_layer = [
         layer_activation_bytes(layer, counts, act_bytes, config, autocast=autocast, repeated_kv=repeated_kv)
         for layer in geometry.layers
     ]
     residual = act_bytes * geometry.model_dim  # a layer's input, per token
-    head_dim = geometry.layers[0].head_dim if geometry.layers else 0
     shared = residual + 4 * geometry.model_dim + 2 * 4 * head_dim  # embedding output, final norm, rotary tables
     volume = tokens * (sum(per_layer) + shared)  # every activation one step computes and frees
     if train.gradient_checkpointing:
