@@ -121,9 +121,40 @@ class FastDoraLinearVariant(DoraLinearVariant):
         scale = magnitude / dora_row_norm(module, active_adapter)  # (out,); gradient reaches m only
         bias = module.get_base_layer().bias
         base_out = result if bias is None else result - bias  # (..., out)
-        update = lora_b(lora_a(dropout(x)))  # (..., in) -> (..., r) -> (..., out)
-        out = scale * (base_out + scaling * update)  # (..., out)
+        hidden = lora_a(dropout(x))  # (..., in) -> (..., r)
+        if lora_b.bias is not None:  # peft's lora_bias: B is affine, its rows cannot absorb the scale
+            out = scale * (base_out + scaling * lora_b(hidden))  # (..., out)
+        else:
+            out = _scaled_sum(base_out, scale, hidden, lora_b.weight, scaling)  # (..., out)
         return out if bias is None else out + bias
+
+
+def _scaled_sum(
+    base_out: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor, lora_b: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``scale * (base_out + scaling * hidden·Bᵀ)`` with the update's row scale folded into B.
+
+    The (out, r) matrix ``(scale · scaling) ⊙ B`` takes the scale, and the update is accumulated into the scaled base
+    output by the matmul itself (``addmm``), so of the (..., out) elementwise work only ``scale * base_out`` is left:
+    per adapted layer, one full-size product instead of three products and sums in the forward pass, and one fewer in
+    the backward pass.
+
+    Args:
+        base_out: The base layer's output without bias (..., out).
+        scale: ``m / ||W + sBA||`` per output row (out,).
+        hidden: The LoRA A output ``A(dropout(x))`` (..., r).
+        lora_b: The LoRA B weight (out, r).
+        scaling: The LoRA scaling ``s``.
+
+    Returns:
+        The DoRA output without bias (..., out).
+    """
+    scaled_base = scale * base_out  # (..., out)
+    scaled_b = (scale * scaling).unsqueeze(1) * lora_b  # (out, r)
+    dtype = torch.promote_types(scaled_base.dtype, hidden.dtype)
+    rows = scaled_base.reshape(-1, scaled_base.shape[-1]).to(dtype)  # (N, out)
+    out = torch.addmm(rows, hidden.reshape(-1, hidden.shape[-1]).to(dtype), scaled_b.T.to(dtype))  # (N, out)
+    return out.view(scaled_base.shape)
 
 
 class ElmLoraLinear(PeftLoraLinear):
