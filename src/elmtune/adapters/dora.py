@@ -136,8 +136,8 @@ def _scaled_sum(
 
     The (out, r) matrix ``(scale · scaling) ⊙ B`` takes the scale, and the update is accumulated into the scaled base
     output by the matmul itself (``addmm``), so of the (..., out) elementwise work only ``scale * base_out`` is left:
-    per adapted layer, one full-size product instead of three products and sums in the forward pass, and one fewer in
-    the backward pass.
+    per adapted layer, one full-size product instead of two products and a sum in the forward pass, and one
+    product fewer in the backward pass.
 
     Args:
         base_out: The base layer's output without bias (..., out).
