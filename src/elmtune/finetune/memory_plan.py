@@ -265,12 +265,12 @@ def attention_repeats_kv(kind: str, dtype: str, head_dim: int, masked: bool) -> 
     """
     import torch
 
+    from elmtune.models.dtypes import DTYPES
     from elmtune.models.layers import sdpa_expands_kv
 
     present = kind != "cuda" or torch.cuda.is_available()  # MPS is decided without asking torch
     device = torch.device(kind if present else "meta")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return sdpa_expands_kv(device, dtypes[dtype], head_dim, masked)
+    return sdpa_expands_kv(device, DTYPES[dtype], head_dim, masked)
 
 
 def plan_memory(config: RunConfig, device: DeviceBudget, counts: ParameterCounts) -> MemoryPlan:
