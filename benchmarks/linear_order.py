@@ -16,8 +16,10 @@ the speed-ups over ``F.linear``; the outputs are checked to agree (fp32 rounding
 (``elmtune/models/linear.py``) on another CPU.
 
 ``--decode B ...`` instead times greedy decoding (32-token prompts, 32 new tokens) of B prompts at once, in one
-process, interleaved: the preset's model as it is, the same model with every product through ``F.linear``, and a
-transformers Llama of the same shape (``suite/shapes.py``); it prints new tokens per second, best of the rounds.
+process, interleaved: the preset's model as it is, the same model with every product through ``F.linear``, the
+model as it is with transformers' preallocated cache (``cache_implementation="static"``) instead of the growing one,
+and a transformers Llama of the same shape (``suite/shapes.py``); it prints new tokens per second, best of the
+rounds.
 """
 
 from __future__ import annotations
@@ -106,12 +108,16 @@ def report(label: str, weights: list[torch.Tensor], args: argparse.Namespace) ->
 
 
 def decode_rates(preset: str, batches: list[int], rounds: int, new_tokens: int = 32) -> dict[int, dict[str, float]]:
-    """New tokens/s of greedy decoding per batch size: elmtune's rule, ``F.linear`` only, and the same-shape Llama."""
+    """New tokens/s of greedy decoding per batch size.
+
+    Sides: elmtune's rule, ``F.linear`` only, elmtune with a static cache, and the same-shape Llama.
+    """
     from suite.infer_sides import greedy_decode  # benchmarks/ is this script's directory
     from suite.shapes import llama_model
 
     models = {"elmtune": load_model(preset).eval(), "llama": llama_model(preset).eval()}
     models["f_linear"] = models["elmtune"]  # the same weights, with reordering switched off below
+    models["static_cache"] = models["elmtune"]  # the same model, transformers' preallocated cache
     prompts = torch.randint(3, 32000, (max(batches), 32), generator=torch.Generator().manual_seed(0))  # (B, T)
     rule = linear_module.reorders
     best: dict[int, dict[str, float]] = {batch: {} for batch in batches}
@@ -121,7 +127,8 @@ def decode_rates(preset: str, batches: list[int], rounds: int, new_tokens: int =
                 for name, model in models.items():
                     linear_module.reorders = (lambda x, w: False) if name == "f_linear" else rule
                     start = time.perf_counter()
-                    greedy_decode(model, prompts[:batch], new_tokens)
+                    cache = {"cache_implementation": "static"} if name == "static_cache" else {}
+                    greedy_decode(model, prompts[:batch], new_tokens, **cache)
                     rate = batch * new_tokens / (time.perf_counter() - start)
                     best[batch][name] = max(best[batch].get(name, 0.0), rate)
     finally:
@@ -160,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.preset not in PRESETS:
             args.error(f"--preset {args.preset!r} is not a preset; choose from {', '.join(PRESETS)}")
         rates = decode_rates(args.preset, args.decode, args.rounds)
-        print("| prompts | elmtune tok/s | elmtune, F.linear only | Llama | elmtune / F.linear | elmtune / Llama |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| prompts | elmtune tok/s | elmtune, F.linear only | elmtune, static cache | Llama "
+            "| elmtune / F.linear | static / elmtune | elmtune / Llama |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for batch, r in rates.items():
-            cells = f"{r['elmtune']:.1f} | {r['f_linear']:.1f} | {r['llama']:.1f}"
-            print(f"| {batch} | {cells} | {r['elmtune'] / r['f_linear']:.2f}x | {r['elmtune'] / r['llama']:.2f}x |")
+            cells = f"{r['elmtune']:.1f} | {r['f_linear']:.1f} | {r['static_cache']:.1f} | {r['llama']:.1f}"
+            ratios = [r["elmtune"] / r["f_linear"], r["static_cache"] / r["elmtune"], r["elmtune"] / r["llama"]]
+            print(f"| {batch} | {cells} | " + " | ".join(f"{ratio:.2f}x" for ratio in ratios) + " |")
         return 0
     sets: dict[str, list[torch.Tensor]] = {}
     if args.widths:

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -533,8 +534,27 @@ def test_the_apple_trainer_run_file_holds_elmtunes_tokens_and_old_transformers_g
     assert [row["input_ids"] for row in run["rows"]] == ours and run["examples"] == len(ours) == 8
     assert run["lora"] == {"r": 4, "lora_alpha": config.adapter.alpha, "lora_dropout": config.adapter.dropout}
     assert run["trainer"]["train_sampling_strategy"] == "group_by_length" and "output_dir" not in run["trainer"]
-    arguments = _training_arguments(run["trainer"], str(tmp_path / "out"))  # transformers 5: the strategy field
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated name reaches transformers 5
+        arguments = _training_arguments(run["trainer"], str(tmp_path / "out"))  # transformers 5: the strategy field
     assert arguments.train_sampling_strategy == "group_by_length" and arguments.output_dir == str(tmp_path / "out")
+    assert arguments.activation_checkpointing is False
+
+
+def test_trainer_keywords_take_the_older_names_where_transformers_lacks_the_new_ones():
+    from dataclasses import make_dataclass
+
+    from suite.peer_trainers import for_installed
+
+    old_arguments = make_dataclass("OldArguments", ["output_dir", "group_by_length", "gradient_checkpointing"])
+    keywords = {"output_dir": "o", "train_sampling_strategy": "random", "activation_checkpointing": True}
+    assert for_installed(old_arguments, keywords) == {
+        "output_dir": "o",
+        "group_by_length": False,
+        "gradient_checkpointing": True,
+    }
+    new_arguments = make_dataclass("NewArguments", list(keywords))
+    assert for_installed(new_arguments, keywords) == keywords
 
 
 def test_the_apple_eval_files_hold_the_questions_and_elmtunes_weights_and_its_tokenizer_encodes_alike(tmp_path):
@@ -574,3 +594,20 @@ def test_the_profile_table_gives_each_sides_ms_and_elmtunes_difference_to_each_o
         "| norm | 2 | 1 | 3 | +1 | -1 |",
         "| total | 12 | 12 | 17 | +0 | -5 |",
     ]
+
+
+def test_quick_page_fault_runs_record_every_step_under_each_allocators_own_environment(capsys):
+    import page_faults
+
+    runs = page_faults.main(["--quick", "--allocators", "default", "retained-heap"])
+    quick = Settings().quick()
+    steps = -(-quick.examples // (quick.real_batch * quick.real_accum))  # one pass over the examples
+    assert [len(runs[name]) for name in ("default", "retained-heap")] == [1, 1]
+    for name, expected_env in (("default", {}), ("retained-heap", page_faults.ALLOCATORS["retained-heap"])):
+        run = runs[name][0]
+        assert run["env"] == expected_env
+        assert len(run["steps"]) == steps
+        assert all(step["wall"] > 0 and step["faults"] >= 0 and step["user"] >= 0 for step in run["steps"])
+        assert run["peak_mib"] > 100  # torch alone is more
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| default")]
+    assert len(table) == 1

@@ -126,8 +126,11 @@ def _eval_result(questions: int, picks: list[int], seconds: float) -> dict[str, 
     return {"metrics": metrics, "info": {"picks": [int(p) for p in picks]}}
 
 
-def greedy_decode(model: Any, ids: Any, new_tokens: int) -> None:
-    """Greedy ``generate`` of exactly ``new_tokens`` tokens after the (B, T) prompts ``ids`` (EOS held back)."""
+def greedy_decode(model: Any, ids: Any, new_tokens: int, **generate_kwargs: Any) -> None:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens after the (B, T) prompts ``ids`` (EOS held back).
+
+    ``generate_kwargs`` go to ``generate`` as well (e.g. ``cache_implementation="static"``).
+    """
     import torch
 
     with torch.inference_mode():
@@ -139,6 +142,7 @@ def greedy_decode(model: Any, ids: Any, new_tokens: int) -> None:
             min_new_tokens=new_tokens,
             pad_token_id=0,
             eos_token_id=2,
+            **generate_kwargs,
         )  # (B, T + new_tokens)
     assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
 

@@ -92,7 +92,7 @@ def trainer_arguments(config: Any, output_dir: str) -> dict[str, Any]:
         "weight_decay": train.weight_decay,
         "max_grad_norm": train.max_grad_norm,
         "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
-        "gradient_checkpointing": train.gradient_checkpointing,
+        "activation_checkpointing": train.gradient_checkpointing,
         "seed": train.seed,
         "use_cpu": True,
         # fp32 like the elmtune side: TRL's SFTConfig defaults to bf16 autocast, which on a CPU without bf16 matmul
@@ -156,7 +156,7 @@ def trl_sft(settings: Settings) -> dict[str, Any]:
     config = run_config(settings, out)
     tokenizer = load_tokenizer()
     args = SFTConfig(
-        **trainer_arguments(config, out),
+        **for_installed(SFTConfig, trainer_arguments(config, out)),
         max_length=config.data.max_length,
         completion_only_loss=not config.data.train_on_prompt,
         packing=False,
@@ -212,17 +212,28 @@ def write_apple_run(settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def _training_arguments(keywords: dict[str, Any], output_dir: str) -> Any:
-    """``TrainingArguments`` of the installed transformers (before 5: ``group_by_length`` instead of a strategy)."""
+def for_installed(arguments_class: type, keywords: dict[str, Any]) -> dict[str, Any]:
+    """:func:`trainer_arguments`' keywords in the names ``arguments_class`` (a ``TrainingArguments``) knows.
+
+    Older transformers name two of them differently: ``group_by_length`` (a bool) before the sampling strategy, and
+    ``gradient_checkpointing`` before ``activation_checkpointing``.
+    """
     from dataclasses import fields
 
-    from transformers import TrainingArguments
-
-    known = {f.name for f in fields(TrainingArguments)}
-    keywords = dict(keywords, output_dir=output_dir)
+    known = {f.name for f in fields(arguments_class)}
+    keywords = dict(keywords)
     if "train_sampling_strategy" not in known:
         keywords["group_by_length"] = keywords.pop("train_sampling_strategy") == "group_by_length"
-    return TrainingArguments(**keywords)
+    if "activation_checkpointing" not in known:
+        keywords["gradient_checkpointing"] = keywords.pop("activation_checkpointing")
+    return keywords
+
+
+def _training_arguments(keywords: dict[str, Any], output_dir: str) -> Any:
+    """``TrainingArguments`` of the installed transformers, from :func:`trainer_arguments`' keywords."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**for_installed(TrainingArguments, dict(keywords, output_dir=output_dir)))
 
 
 def apple_trainer(settings: Settings) -> dict[str, Any]:

@@ -138,6 +138,22 @@ def test_generation_with_a_peft_adapter_is_the_same_with_and_without_cache(pertu
     assert not torch.equal(generated, base)  # the adapter really takes part in the cached decode
 
 
+@torch.inference_mode()
+def test_a_static_cache_decodes_as_the_naive_loop(tiny_model):
+    """transformers' preallocated cache (``cache_implementation="static"``) writes by position, not by appending."""
+    prompt, mask = _prompts(6, 3, 10)
+    static = tiny_model.generate(
+        input_ids=prompt,
+        attention_mask=mask,
+        max_new_tokens=8,
+        min_new_tokens=8,
+        do_sample=False,
+        pad_token_id=0,
+        cache_implementation="static",
+    )[:, prompt.shape[1] :]
+    assert torch.equal(static, _greedy_without_cache(tiny_model, prompt, 8))
+
+
 def test_beam_search_is_the_same_with_and_without_cache(tiny_model):
     prompt, mask = _prompts(9, 2, 7)
     _assert_cached_equals_uncached(tiny_model, prompt, mask, 6, num_beams=4, do_sample=False, early_stopping=True)
