@@ -46,12 +46,23 @@ def test_loss_falls_and_run_directory_describes_itself(make_config):
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 12
 
 
+def _assert_equal_up_to_adam_rounding(a, b, tight):
+    """Adapters from two computations of the same run at lr 1e-2: equal to ``tight`` but at a few elements.
+
+    AdamW divides each gradient element by its own running size, so an element whose gradient is near zero turns
+    fp32 rounding into a visible step; 1e-4 is 1% of one step at this learning rate.
+    """
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-5, msg=key)
+        assert (a[key] - b[key]).abs().gt(tight).float().mean() < 0.01, key  # only a few such elements
+
+
 def test_gradient_accumulation_equals_the_large_batch(make_config):
     big = run_training(make_config("big", batch_size=4, grad_accum=1, max_steps=3))
     small = run_training(make_config("small", batch_size=2, grad_accum=2, max_steps=3))
     a, b = _adapter(big.run_dir), _adapter(small.run_dir)
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=1e-5), key
+    _assert_equal_up_to_adam_rounding(a, b, tight=1e-6)
     losses = [[r["loss"] for r in read_metrics(x.metrics_path)] for x in (big, small)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -99,12 +110,11 @@ def test_padding_free_training_equals_padded_training(make_config):
         runs[name] = ([r for r in read_metrics(result.metrics_path) if "loss" in r], _adapter(result.run_dir))
     (padded_rows, padded), (free_rows, free) = runs["padded"], runs["padding-free"]
     assert [r["tokens"] for r in free_rows] == [r["tokens"] for r in padded_rows]  # tokens that are not padding
-    assert free_rows[-1]["loss"] != padded_rows[-1]["loss"]  # two computations (padding-free: one row per batch)
     for padded_row, free_row in zip(padded_rows, free_rows, strict=True):
         assert free_row["loss"] == pytest.approx(padded_row["loss"], rel=1e-5)
-    assert padded.keys() == free.keys()
-    for key in padded:
-        torch.testing.assert_close(free[key], padded[key], atol=1e-5, rtol=1e-4, msg=key)
+    # two computations (padding-free: one row per batch), so somewhere their float rounding differs
+    assert any(not torch.equal(free[key], padded[key]) for key in padded)
+    _assert_equal_up_to_adam_rounding(free, padded, tight=1e-5)
 
 
 @pytest.mark.parametrize(

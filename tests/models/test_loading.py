@@ -45,3 +45,30 @@ def test_preset_weights_are_deterministic_and_leave_the_callers_rng_alone():
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert first["transformer.layers.0.attn.qkv_proj.weight"].std() > 0  # real random init, not zeros
+
+
+@pytest.mark.parametrize("build", ["preset", "constructor"])
+def test_weights_follow_apples_initialisation(build):
+    """Spec 5.5: Linear std in^-0.5, embedding d^-0.5, out_proj and proj_2 d^-0.5 (2L)^-0.5, norms at one."""
+    if build == "preset":
+        model = load_model("tiny")
+    else:
+        torch.manual_seed(0)
+        model = OpenELMForCausalLM(load_model("tiny").config)
+    config = model.config
+    d, layers = config.model_dim, config.num_transformer_layers
+    residual = d**-0.5 * (2 * layers) ** -0.5
+    assert model.transformer.token_embeddings.weight.std().item() == pytest.approx(d**-0.5, rel=0.02)
+    assert model.lm_head.weight is model.transformer.token_embeddings.weight
+    for layer in model.transformer.layers:
+        attn, ffn = layer.attn, layer.ffn
+        for projection, std in (
+            (attn.qkv_proj, attn.qkv_proj.in_features**-0.5),
+            (attn.out_proj, residual),
+            (ffn.proj_1, ffn.proj_1.in_features**-0.5),
+            (ffn.proj_2, residual),
+        ):
+            assert projection.weight.std().item() == pytest.approx(std, rel=0.05)
+            assert abs(projection.weight.mean().item()) < 0.1 * std
+        for norm in (layer.attn_norm, layer.ffn_norm, attn.q_norm, attn.k_norm):
+            assert torch.equal(norm.weight, torch.ones_like(norm.weight))

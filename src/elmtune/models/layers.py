@@ -171,6 +171,7 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self.out_proj = OpenELMLinear(self.num_q_heads * self.head_dim, config.model_dim, bias=False)
+        self.out_proj.residual_output = True
 
     def forward(
         self,
@@ -239,6 +240,7 @@ class OpenELMFeedForwardNetwork(nn.Module):
         out_rows = 2 * self.ffn_dim if self.ffn_with_glu else self.ffn_dim
         self.proj_1 = OpenELMLinear(config.model_dim, out_rows, bias=False)
         self.proj_2 = OpenELMLinear(self.ffn_dim, config.model_dim, bias=False)
+        self.proj_2.residual_output = True
         self.act = ACT2FN[config.activation_fn_name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

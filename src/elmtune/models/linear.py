@@ -83,7 +83,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class OpenELMLinear(nn.Linear):
-    """``nn.Linear`` whose forward is :func:`linear`: the same parameters and keys, a faster CPU inference path."""
+    """``nn.Linear`` whose forward is :func:`linear`: the same parameters and keys, a faster CPU inference path.
+
+    ``residual_output`` marks a projection that writes into the residual stream (``out_proj``, ``proj_2``), which
+    Apple's initialisation draws with a smaller std.
+    """
+
+    residual_output: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x W^T + b``: (..., in) -> (..., out)."""

@@ -61,6 +61,7 @@ def load_model(
             cached); the message says what to do.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     register()
     name = str(name_or_path)
@@ -71,7 +72,9 @@ def load_model(
         logger.info("building preset %s with random weights (no download)", preset_name(name))
         with torch.random.fork_rng(devices=[]):  # deterministic weights; the caller's RNG stream is left as it was
             torch.manual_seed(PRESET_SEED)
-            model: PreTrainedModel = OpenELMForCausalLM(config)
+            with no_init_weights():  # torch's per-layer defaults, which Apple's initialisation would overwrite
+                model: PreTrainedModel = OpenELMForCausalLM(config)
+            model.init_weights()  # Apple's initialisation (``_init_weights``) once, then the tied head
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:

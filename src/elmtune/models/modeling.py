@@ -50,8 +50,6 @@ from elmtune.models.attention_mask import (
 from elmtune.models.configuration import OpenELMConfig
 from elmtune.models.layers import (
     OpenELMDecoderLayer,
-    OpenELMFeedForwardNetwork,
-    OpenELMMultiHeadCausalAttention,
     OpenELMRMSNorm,
     OpenELMRotaryEmbedding,
 )
@@ -79,24 +77,21 @@ class OpenELMPreTrainedModel(PreTrainedModel):
         """Apple's ``reset_parameters``, applied by transformers to every submodule.
 
         Std in_features^-0.5 for Linear, d^-0.5 for the embedding, and d^-0.5 * (2L)^-0.5 for the residual output
-        projections; norms start at one.
+        projections (``out_proj``, ``proj_2``); norms start at one. Decided per leaf module: transformers skips a
+        custom model's modules that hold no parameters of their own, so a rule set on the attention or FFN module
+        would never run.
         """
         d = self.config.model_dim
         if isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=d**-0.5)
         elif isinstance(module, OpenELMRMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, (OpenELMMultiHeadCausalAttention, OpenELMFeedForwardNetwork)):
-            residual_std = d**-0.5 * (2 * self.config.num_transformer_layers) ** -0.5
-            first, last = (
-                (module.qkv_proj, module.out_proj)
-                if isinstance(module, OpenELMMultiHeadCausalAttention)
-                else (module.proj_1, module.proj_2)
-            )
-            init.normal_(first.weight, mean=0.0, std=first.in_features**-0.5)
-            init.normal_(last.weight, mean=0.0, std=residual_std)
-        elif isinstance(module, nn.Linear) and module.weight is not None:  # the untied output head
-            init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+        elif isinstance(module, nn.Linear) and module.weight is not None:
+            if getattr(module, "residual_output", False):
+                std = d**-0.5 * (2 * self.config.num_transformer_layers) ** -0.5
+            else:
+                std = module.in_features**-0.5
+            init.normal_(module.weight, mean=0.0, std=std)
 
 
 #: The output field (and forward argument) that holds the KV cache in the installed transformers: ``cache`` from 5.24
