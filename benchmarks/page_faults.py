@@ -15,8 +15,8 @@ Each round runs the `real-data` row's elmtune run (Apple's commonsense recipe, t
 
 Inside each process ``elmtune.finetune.loop.train_step`` is wrapped to record every optimizer step's wall time, the
 process's user and system CPU time and minor page faults over it; the process's peak RSS (``ru_maxrss``) closes it.
-The table gives, per setting, the best round by the steps' summed wall time, its first step, the mean of the later
-steps, the system time and faults, and the peak.
+The table gives, per setting, the best round by the steps' summed wall time (and the median over rounds): its first
+step, the mean of its later steps, their system time and faults; and the lowest peak of the rounds.
 """
 
 from __future__ import annotations
