@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--quick", action="store_true", help="tiny preset, 8 examples, 1 round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.examples < 1 or args.rounds < 1:
+        parser.error("--examples and --rounds must be at least 1")
     if args.child:
         child(json.loads(args.child))
         return {}
