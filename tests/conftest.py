@@ -1,6 +1,6 @@
-"""Fixtures shared by every test package: the tiny random OpenELM (and a bitsandbytes-friendly variant), the bundled
-tokenizer, token ids, the logits helper, adapters that look trained, one-thread torch kernels, and a fresh accelerate
-state per test.
+"""Fixtures shared by every test package: the tiny random OpenELM (and a bitsandbytes-friendly variant), tiny models of
+the other decoder architectures, the bundled tokenizer, token ids, the logits helper, adapters that look trained,
+one-thread torch kernels (for a test, or for whole packages), and a fresh accelerate state per test.
 
 Subpackage ``conftest.py`` files hold only what their own tests need on top of these.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 from elmtune.adapters import AdapterConfig, apply_adapter, save_adapter
@@ -28,6 +29,36 @@ _TRAINED_PARTS = ("lora_B", "lora_embedding_A", "lora_magnitude_vector", "module
 # (they get NF4 wrong for rows not a multiple of 64 and cannot repack fewer than 32 rows), so the QLoRA tests use it.
 QUANTIZABLE_TINY = {"model_dim": 256, "head_dim": 64, "ffn_dim_divisor": 64}
 
+TESTS = Path(__file__).resolve().parent
+ONE_THREAD_PACKAGES = frozenset({"adapters", "build", "datasets", "inference", "merging"})
+"""Test packages whose modules run torch on one thread throughout, module-scoped fixtures included."""
+
+_OTHER_TINY = {"vocab_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
+OTHER_ARCHITECTURES: dict[str, tuple[str, str, dict[str, object]]] = {
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {**_OTHER_TINY, "hidden_size": 32, "intermediate_size": 48, "num_key_value_heads": 2},
+    ),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", {**_OTHER_TINY, "hidden_size": 32, "intermediate_size": 48}),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {**_OTHER_TINY, "hidden_size": 32, "intermediate_size": 48, "pad_token_id": 0},
+    ),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_OTHER_TINY, "hidden_size": 32, "intermediate_size": 48}),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        {**_OTHER_TINY, "hidden_size": 32, "ffn_dim": 48, "word_embed_proj_dim": 32},
+    ),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 96}),
+}
+"""Tiny configs of the decoders OpenELM is compared with: ``model_type`` -> (config class, model class, fields).
+
+Each has a 96-token vocabulary and two layers; the Llama has two key-value heads for its four query heads.
+"""
+
 
 def _make_tiny(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: object) -> OpenELMForCausalLM:
     torch.manual_seed(seed)
@@ -36,6 +67,33 @@ def _make_tiny(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: o
 
 def _make_quantizable_tiny(seed: int = 0) -> OpenELMForCausalLM:
     return _make_tiny(seed, **QUANTIZABLE_TINY)
+
+
+APPLE_KEYS_PER_LAYER = (
+    "attn_norm.weight",
+    "attn.qkv_proj.weight",
+    "attn.q_norm.weight",
+    "attn.k_norm.weight",
+    "attn.out_proj.weight",
+    "ffn_norm.weight",
+    "ffn.proj_1.weight",
+    "ffn.proj_2.weight",
+)
+"""Each decoder layer's tensor names in Apple's hub checkpoints (openelm-spec §4.3)."""
+
+
+def _apple_keys(num_layers: int) -> set[str]:
+    """Every tensor name of an Apple OpenELM checkpoint of ``num_layers`` layers: no ``lm_head``, no buffers."""
+    keys = {"transformer.token_embeddings.weight", "transformer.norm.weight"}
+    return keys | {f"transformer.layers.{i}.{name}" for i in range(num_layers) for name in APPLE_KEYS_PER_LAYER}
+
+
+def _other_architecture(arch: str, seed: int = 0, **overrides: object) -> nn.Module:
+    """A tiny random ``arch`` model (:data:`OTHER_ARCHITECTURES`) in fp32 and eval mode, weights from ``seed``."""
+    config_name, model_name, fields = OTHER_ARCHITECTURES[arch]
+    config = getattr(transformers, config_name)(**{**fields, **overrides})
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config).eval()
 
 
 def _logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -81,6 +139,34 @@ def quantizable_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("quantizable-tiny") / "model"
     _make_quantizable_tiny().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def apple_keys() -> Callable[[int], set[str]]:
+    """``apple_keys(num_layers)``: the tensor names of Apple's checkpoint layout (the tiny preset has 4 layers)."""
+    return _apple_keys
+
+
+@pytest.fixture(scope="session")
+def other_architecture() -> Callable[..., nn.Module]:
+    """``other_architecture(arch, seed=0, **config_overrides)``: a tiny random model of another decoder family."""
+    return _other_architecture
+
+
+@pytest.fixture(scope="session")
+def other_architectures() -> tuple[str, ...]:
+    """The ``model_type`` of every :data:`OTHER_ARCHITECTURES` entry."""
+    return tuple(OTHER_ARCHITECTURES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``arch`` without parametrizing it runs once per :data:`OTHER_ARCHITECTURES` entry."""
+    parametrized = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        parametrized |= {n.strip() for n in names.split(",")} if isinstance(names, str) else set(names)
+    if "arch" in metafunc.fixturenames and "arch" not in parametrized:
+        metafunc.parametrize("arch", list(OTHER_ARCHITECTURES))
 
 
 @pytest.fixture
@@ -138,6 +224,19 @@ def trained_adapter() -> Callable[..., Path]:
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Run the test's torch kernels on one thread (tiny kernels run far faster so on a shared, busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_packages(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One torch thread for every module of :data:`ONE_THREAD_PACKAGES` (their kernels are tiny)."""
+    relative = request.path.resolve().relative_to(TESTS).parts
+    if len(relative) < 2 or relative[0] not in ONE_THREAD_PACKAGES:
+        yield
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

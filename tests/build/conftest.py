@@ -6,12 +6,11 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from elmtune.cli.app import main
 
@@ -48,12 +47,3 @@ def run_cli(*args: str) -> CliRun:
 def elmtune() -> Callable[..., CliRun]:
     """Run ``elmtune`` with these arguments; returns the exit code and what it printed."""
     return run_cli
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_module() -> Iterator[None]:
-    """One torch thread for the whole module (tiny kernels run faster so on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

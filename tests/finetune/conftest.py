@@ -1,6 +1,7 @@
 """Fixtures for training tests: a tiny model, the real commonsense training sample, short sequences."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,30 @@ PAIR_DATA = {
     "train_on_prompt": False,
 }
 """A few short preference pairs (seconds per run on the tiny preset)."""
+TRAIN_FLAGS = {
+    "batch-size": "4",
+    "limit": "48",
+    "max-length": "64",
+    "rank": "4",
+    "alpha": "8",
+    "dropout": "0",
+    "lr": "1e-2",
+    "warmup": "0",
+    "device": "cpu",
+}
+"""``elmtune train`` flags with :func:`make_config`'s settings (with ``--train-on-prompt`` and the sample data)."""
+
+
+def _train_command(run_dir: Path, *extra: str, **flags: object) -> list[str]:
+    """``python -m elmtune.cli train`` on the tiny preset and :data:`COMMONSENSE`, as :func:`make_config` sets it up.
+
+    Keywords replace flags (``max_steps=8`` is ``--max-steps 8``); ``extra`` arguments come last.
+    """
+    settings = {**TRAIN_FLAGS, **{name.replace("_", "-"): str(value) for name, value in flags.items()}}
+    command = [sys.executable, "-m", "elmtune.cli", "train", "-m", "tiny", "-d", str(COMMONSENSE), "-o", str(run_dir)]
+    for name, value in settings.items():
+        command += [f"--{name}", value]
+    return [*command, "--train-on-prompt", *extra]
 
 
 @pytest.fixture
@@ -48,6 +73,12 @@ def make_config(tmp_path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_command():
+    """``train_command(run_dir, *extra, **flags)``: the ``elmtune train`` command line of :func:`make_config`'s run."""
+    return _train_command
 
 
 @pytest.fixture(scope="session")

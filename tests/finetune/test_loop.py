@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -151,51 +150,13 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(make_config):
         run_training(config)
 
 
-def _train_cli(run_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "elmtune.cli",
-        "train",
-        "-m",
-        "tiny",
-        "-d",
-        os.environ["ELMTUNE_TEST_DATA"],
-        "-o",
-        str(run_dir),
-        "--max-steps",
-        "8",
-        "--batch-size",
-        "4",
-        "--limit",
-        "48",
-        "--max-length",
-        "64",
-        "--train-on-prompt",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--dropout",
-        "0.1",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "2",
-        "--device",
-        "cpu",
-        "--save-every",
-        "2",
-        "--keep-last",
-        "10",
-        *extra,
-    ]
-
-
 @pytest.mark.slow
-def test_sigkill_and_resume_gives_bit_identical_adapter(tmp_path, commonsense_path, monkeypatch):
+def test_sigkill_and_resume_gives_bit_identical_adapter(tmp_path, train_command):
     # Dropout is on, so RNG state must be restored exactly too.
-    monkeypatch.setenv("ELMTUNE_TEST_DATA", str(commonsense_path))
+    def _train_cli(run_dir, *extra):
+        flags = {"max_steps": 8, "dropout": 0.1, "warmup": 2, "save_every": 2, "keep_last": 10}
+        return train_command(run_dir, *extra, **flags)
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cli(tmp_path / "whole"), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
@@ -220,14 +181,12 @@ def test_sigkill_and_resume_gives_bit_identical_adapter(tmp_path, commonsense_pa
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, commonsense_path, monkeypatch):
-    monkeypatch.setenv("ELMTUNE_TEST_DATA", str(commonsense_path))
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, train_command):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    common = ["--dropout", "0", "--max-steps", "4", "--save-every", "0"]
-    single = _train_cli(tmp_path / "one", *common)
-    single[single.index("--batch-size") + 1] = "4"
-    double = _train_cli(tmp_path / "two", *common, "--num-processes", "2")
-    double[double.index("--batch-size") + 1] = "2"  # per process: 2 x 2 = the same global batch of 4
+    common = {"max_steps": 4, "warmup": 2, "save_every": 0}
+    single = train_command(tmp_path / "one", batch_size=4, **common)
+    # per process: 2 x 2 = the same global batch of 4
+    double = train_command(tmp_path / "two", "--num-processes", "2", batch_size=2, **common)
     for command, processes in ((single, 1), (double, 2)):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from elmtune.adapters import AdapterConfig, apply_adapter
 from elmtune.datasets import DataConfig, prepare_data
-from elmtune.finetune.objectives import PreferenceObjective, build_objective, preference_loss, sequence_logps
+from elmtune.finetune.objectives import PreferenceObjective, build_objective, preference_loss, target_logps
 from elmtune.finetune.run import run_training
 from elmtune.finetune.run_log import read_metrics
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_tokenizer
@@ -81,11 +81,11 @@ def test_build_objective_passes_label_smoothing():
     assert build_objective("dpo").label_smoothing == 0.0
 
 
-def test_sequence_logps_sum_target_token_log_probs():
+def test_target_logps_sum_target_token_log_probs():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, 3, 1, -100, -100], [-100, -100, 6, 0, 2]])
-    logps, counts = sequence_logps(logits, labels)
+    logps, counts = target_logps(logits[:, :-1], labels[:, 1:])  # position t predicts token t + 1
     expected = []
     for row in range(2):
         total = 0.0
@@ -97,7 +97,7 @@ def test_sequence_logps_sum_target_token_log_probs():
 
 
 def _summed_target_log_probs(model, ids, mask, labels):
-    """(N,) summed log-probabilities of the target tokens, via cross-entropy (independent of sequence_logps)."""
+    """(N,) summed log-probabilities of the target tokens, via cross-entropy (independent of target_logps)."""
     logits = model(input_ids=ids, attention_mask=mask).logits  # (N, L, V)
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")  # (N, L-1)
     return -ce.sum(-1)

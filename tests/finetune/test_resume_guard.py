@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -291,47 +290,11 @@ def test_a_held_lock_refuses_fresh_and_resumed_runs(make_config, finished_run):
 # --- real processes -----------------------------------------------------------------------------------------------
 
 
-def _cli(run_dir, *extra, data):
-    """``elmtune train`` with the settings of the ``make_config`` fixture."""
-    return [
-        sys.executable,
-        "-m",
-        "elmtune.cli",
-        "train",
-        "-m",
-        "tiny",
-        "-d",
-        str(data),
-        "-o",
-        str(run_dir),
-        "--batch-size",
-        "4",
-        "--limit",
-        "48",
-        "--max-length",
-        "64",
-        "--train-on-prompt",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--dropout",
-        "0",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "0",
-        "--device",
-        "cpu",
-        *extra,
-    ]
-
-
-def test_cli_refuses_a_changed_lr_on_resume(make_config, tmp_path, commonsense_path):
+def test_cli_refuses_a_changed_lr_on_resume(make_config, tmp_path, train_command):
     run_dir = tmp_path / "x"
     run_training(make_config("x", max_steps=2))
     before = _snapshot(run_dir)
-    cmd = _cli(run_dir, "--max-steps", "2", "--resume", data=commonsense_path)
+    cmd = train_command(run_dir, "--max-steps", "2", "--resume")
     cmd[cmd.index("--lr") + 1] = "2e-2"
     refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert refused.returncode == 1
@@ -343,10 +306,10 @@ def test_cli_refuses_a_changed_lr_on_resume(make_config, tmp_path, commonsense_p
 
 
 @pytest.mark.slow
-def test_cli_overwrite_refusal_and_concurrent_writer(tmp_path, commonsense_path):
+def test_cli_overwrite_refusal_and_concurrent_writer(tmp_path, train_command):
     run_dir = tmp_path / "x"
     long_run = subprocess.Popen(
-        _cli(run_dir, "--max-steps", "100000", "--save-every", "1", data=commonsense_path),
+        train_command(run_dir, "--max-steps", "100000", "--save-every", "1"),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -360,7 +323,7 @@ def test_cli_overwrite_refusal_and_concurrent_writer(tmp_path, commonsense_path)
         before = _snapshot(run_dir)
         for extra in (("--overwrite",), ("--resume",)):
             second = subprocess.run(
-                _cli(run_dir, "--max-steps", "100000", "--save-every", "1", *extra, data=commonsense_path),
+                train_command(run_dir, "--max-steps", "100000", "--save-every", "1", *extra),
                 env=ENV,
                 capture_output=True,
                 text=True,
@@ -375,14 +338,12 @@ def test_cli_overwrite_refusal_and_concurrent_writer(tmp_path, commonsense_path)
         os.kill(long_run.pid, signal.SIGCONT)
         long_run.wait()
     before = _snapshot(run_dir)
-    refused = subprocess.run(_cli(run_dir, "--max-steps", "1", data=commonsense_path), env=ENV, capture_output=True)
+    refused = subprocess.run(train_command(run_dir, "--max-steps", "1"), env=ENV, capture_output=True)
     assert refused.returncode == 1
     assert f"error: --output-dir {run_dir} is not empty".encode() in refused.stderr
     assert b"pass --resume to continue the run in it" in refused.stderr and refused.stderr.count(b"\n") == 1
     assert _snapshot(run_dir) == before
-    replaced = subprocess.run(
-        _cli(run_dir, "--max-steps", "1", "--overwrite", data=commonsense_path), env=ENV, capture_output=True
-    )
+    replaced = subprocess.run(train_command(run_dir, "--max-steps", "1", "--overwrite"), env=ENV, capture_output=True)
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000001"]
 
@@ -404,12 +365,12 @@ def _process_tree(root: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the worker processes in /proc")
-def test_two_process_kill_and_resume_is_bit_identical(tmp_path, commonsense_path):
+def test_two_process_kill_and_resume_is_bit_identical(tmp_path, train_command):
     # dropout on: each process draws its own dropout masks, so each process's RNG state must be restored
     common = ("--num-processes", "2", "--max-steps", "8", "--save-every", "2", "--keep-last", "10")
 
     def cli(run_dir, *extra):
-        cmd = _cli(run_dir, *common, *extra, data=commonsense_path)
+        cmd = train_command(run_dir, *common, *extra)
         cmd[cmd.index("--batch-size") + 1] = "2"
         cmd[cmd.index("--dropout") + 1] = "0.1"
         return cmd

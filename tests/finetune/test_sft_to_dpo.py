@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _summed_target_log_probs(model, batch):
-    """(2B,) summed target log-probabilities of chosen then rejected, via cross-entropy (not sequence_logps)."""
+    """(2B,) summed target log-probabilities of chosen then rejected, via cross-entropy (not target_logps)."""
     out = []
     for side in ("chosen", "rejected"):
         ids, mask, labels = (batch[f"{side}_{key}"] for key in ("input_ids", "attention_mask", "labels"))

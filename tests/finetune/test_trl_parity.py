@@ -29,7 +29,7 @@ from elmtune.datasets import (
     collate_preference,
     tokenize_preference,
 )
-from elmtune.finetune.objectives import PreferenceObjective, sequence_logps
+from elmtune.finetune.objectives import PreferenceObjective, target_logps
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_tokenizer
 
 trl = pytest.importorskip("trl")  # a dev dependency; the oldest-versions CI run deselects the `trl` marker
@@ -209,9 +209,9 @@ def test_log_probs_rewards_and_metrics_match_trl(ours, tokenizer, tmp_path, beta
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, L)
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
         labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])  # (2B, L)
-        policy, _ = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+        policy, _ = target_logps(model(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:])
         with disable_adapters(model):
-            reference, _ = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+            reference, _ = target_logps(model(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:])
     assert torch.allclose(policy, trl_policy, atol=TOLERANCE, rtol=RELATIVE)
     assert torch.allclose(reference, trl_reference, atol=TOLERANCE, rtol=RELATIVE)
     assert (policy - reference).abs().min() > 0.1  # the adapter moves every sequence away from the reference

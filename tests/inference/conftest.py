@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -36,8 +36,3 @@ def _greedy_reference(model: nn.Module, prompt_ids: list[int], max_new_tokens: i
 def greedy_reference() -> Callable[[nn.Module, list[int], int, int], list[int]]:
     """``greedy_reference(model, prompt_ids, max_new_tokens, eos_id)`` -> the generated ids (EOS included)."""
     return _greedy_reference
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> Iterator[None]:
-    yield

@@ -1,9 +1,8 @@
-"""Merge tests: one thread, no known peft warning, and the product's merge over an in-memory state dict."""
+"""Merge tests: the product's merge over an in-memory state dict (the root conftest runs this package on one thread)."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,3 @@ def _merge_in_memory(base_state_dict: dict[str, torch.Tensor], adapter_dir: Path
 @pytest.fixture(scope="session")
 def merge_in_memory() -> Callable[[dict[str, torch.Tensor], Path], dict[str, torch.Tensor]]:
     return _merge_in_memory
-
-
-@pytest.fixture(autouse=True)
-def _quiet_known_warnings() -> None:
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread: None) -> Iterator[None]:
-    yield

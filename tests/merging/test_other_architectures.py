@@ -20,30 +20,8 @@ from typer.testing import CliRunner
 
 from elmtune.cli.app import app
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-TINY = {"vocab_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
-ARCHS = {
-    "llama": (
-        "LlamaConfig",
-        "LlamaForCausalLM",
-        {"hidden_size": 32, "intermediate_size": 48, "num_key_value_heads": 2},
-    ),
-    "olmo": ("OlmoConfig", "OlmoForCausalLM", {"hidden_size": 32, "intermediate_size": 48}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"hidden_size": 32, "intermediate_size": 48, "pad_token_id": 0}),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"hidden_size": 32, "intermediate_size": 48}),
-    "opt": ("OPTConfig", "OPTForCausalLM", {"hidden_size": 32, "ffn_dim": 48, "word_embed_proj_dim": 32}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 96}),
-}
 CHECK_LINE = re.compile(r"merge check passed: max \|logit diff\| (\S+), mean KL (\S+), top-1 agreement (\S+)%")
-
-
-def build(arch: str, seed: int = 0) -> nn.Module:
-    """A tiny random model of ``arch`` in fp32 (weights from ``seed``)."""
-    config_name, model_name, extra = ARCHS[arch]
-    config = getattr(transformers, config_name)(**({**TINY, **extra} if arch != "gpt2" else extra))
-    torch.manual_seed(seed)
-    return getattr(transformers, model_name)(config).eval()
 
 
 def logits(model: nn.Module) -> torch.Tensor:
@@ -52,12 +30,12 @@ def logits(model: nn.Module) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
-def peft_adapter(arch: str, out: Path, *, dora: bool, targets: str | list[str] = "all-linear") -> Path:
-    """A plain peft adapter on the tiny ``arch`` with random non-zero B (and magnitudes), saved to ``out``."""
+def peft_adapter(base: nn.Module, out: Path, *, dora: bool, targets: str | list[str] = "all-linear") -> Path:
+    """A plain peft adapter on ``base`` with random non-zero B (and magnitudes), saved to ``out``."""
     config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=dora, lora_dropout=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # GPT-2's Conv1D: peft switches fan_in_fan_out on
-        model = get_peft_model(build(arch), config)
+        model = get_peft_model(base, config)
     torch.manual_seed(3)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -67,29 +45,30 @@ def peft_adapter(arch: str, out: Path, *, dora: bool, targets: str | list[str] =
     return out
 
 
-def peft_merged(arch: str, adapter: Path) -> nn.Module:
-    """peft's own merge of ``adapter`` into the base: the independent reference."""
+def peft_merged(base: nn.Module, adapter: Path) -> nn.Module:
+    """peft's own merge of ``adapter`` into ``base``: the independent reference."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return PeftModel.from_pretrained(build(arch), str(adapter)).merge_and_unload().eval()
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each architecture saved with save_pretrained (fp32); the Llama base also carries a tokenizer."""
+def bases(tmp_path_factory: pytest.TempPathFactory, other_architecture, other_architectures) -> dict[str, Path]:
+    """Each architecture (seed 0) saved with save_pretrained (fp32); the Llama base also carries a tokenizer."""
     root = tmp_path_factory.mktemp("bases")
-    for arch in ARCHS:
-        build(arch).save_pretrained(root / arch)
+    for arch in other_architectures:
+        other_architecture(arch).save_pretrained(root / arch)
     from elmtune.models.tokenizer import load_tokenizer
 
     load_tokenizer().save_pretrained(root / "llama")
-    return {arch: root / arch for arch in ARCHS}
+    return {arch: root / arch for arch in other_architectures}
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_merge_equals_peft_merge_and_unload(bases: dict[str, Path], arch: str, method: str, tmp_path: Path) -> None:
-    adapter = peft_adapter(arch, tmp_path / "adapter", dora=method == "dora")
+def test_merge_equals_peft_merge_and_unload(
+    bases: dict[str, Path], other_architecture, arch: str, method: str, tmp_path: Path
+) -> None:
+    adapter = peft_adapter(other_architecture(arch), tmp_path / "adapter", dora=method == "dora")
     out = tmp_path / "merged"
     result = runner.invoke(app, ["merge", str(bases[arch]), str(adapter), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -98,9 +77,10 @@ def test_merge_equals_peft_merge_and_unload(bases: dict[str, Path], arch: str, m
     assert float(numbers.group(1)) <= 1e-4 and float(numbers.group(3)) == 100.0
 
     merged = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
-    assert type(merged).__name__ == ARCHS[arch][1]
-    torch.testing.assert_close(logits(merged), logits(peft_merged(arch, adapter)), atol=1e-5, rtol=0)
-    assert (logits(merged) - logits(build(arch))).abs().max() > 1e-3  # the adapter did change the model
+    assert type(merged).__name__ == type(other_architecture(arch)).__name__
+    reference = peft_merged(other_architecture(arch), adapter)
+    torch.testing.assert_close(logits(merged), logits(reference), atol=1e-5, rtol=0)
+    assert (logits(merged) - logits(other_architecture(arch))).abs().max() > 1e-3  # the adapter did change the model
 
     report = json.loads((out / "merge_report.json").read_text())
     check = report["verification"]
@@ -112,16 +92,16 @@ def test_merge_equals_peft_merge_and_unload(bases: dict[str, Path], arch: str, m
 
 
 @pytest.mark.parametrize(("arch", "module"), [("gpt2", "wte"), ("opt", "lm_head")])
-def test_adapter_on_a_tied_embedding_or_head_is_refused(bases: dict[str, Path], arch: str, module: str, tmp_path):
-    adapter = peft_adapter(arch, tmp_path / "adapter", dora=False, targets=[module])
+def test_adapter_on_a_tied_embedding_or_head_is_refused(bases, other_architecture, arch: str, module: str, tmp_path):
+    adapter = peft_adapter(other_architecture(arch), tmp_path / "adapter", dora=False, targets=[module])
     result = runner.invoke(app, ["merge", str(bases[arch]), str(adapter), "-o", str(tmp_path / "merged")])
     assert result.exit_code != 0
     assert "ties its output head to the token embedding" in str(result.exception or result.output)
     assert not (tmp_path / "merged").exists()
 
 
-def test_low_memory_is_refused_in_one_line(bases: dict[str, Path], tmp_path: Path) -> None:
-    adapter = peft_adapter("llama", tmp_path / "adapter", dora=False)
+def test_low_memory_is_refused_in_one_line(bases: dict[str, Path], other_architecture, tmp_path: Path) -> None:
+    adapter = peft_adapter(other_architecture("llama"), tmp_path / "adapter", dora=False)
     result = runner.invoke(app, ["merge", str(bases["llama"]), str(adapter), "-o", str(tmp_path / "m"), "--low-memory"])
     assert result.exit_code != 0
     assert "--low-memory streams OpenELM bases only" in str(result.exception or result.output)
@@ -139,12 +119,11 @@ def number(cell: str) -> int:
     return int(cell.split()[0].replace(",", ""))
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_inspect_counts_equal_the_built_model(bases: dict[str, Path], arch: str, tmp_path: Path) -> None:
-    adapter = peft_adapter(arch, tmp_path / "adapter", dora=arch == "llama")
+def test_inspect_counts_equal_the_built_model(bases, other_architecture, arch: str, tmp_path: Path) -> None:
+    adapter = peft_adapter(other_architecture(arch), tmp_path / "adapter", dora=arch == "llama")
     result = runner.invoke(app, ["inspect", str(bases[arch]), "--adapter", str(adapter)], env={"COLUMNS": "220"})
     assert result.exit_code == 0, result.output
-    model = build(arch)
+    model = other_architecture(arch)
     layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList))
     geometry = table_rows(result.output, f"({arch}, config.json)")
     for index, layer in enumerate(layers):

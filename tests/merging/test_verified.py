@@ -18,19 +18,6 @@ from elmtune.merging.run import MergeVerificationError, merge_to_directory
 from elmtune.models import OpenELMConfig, OpenELMForCausalLM, load_model, saved_keys
 
 PROBE = PROBE_TEXTS[:3]
-PER_LAYER = (
-    "attn_norm.weight",
-    "attn.qkv_proj.weight",
-    "attn.q_norm.weight",
-    "attn.k_norm.weight",
-    "attn.out_proj.weight",
-    "ffn_norm.weight",
-    "ffn.proj_1.weight",
-    "ffn.proj_2.weight",
-)
-APPLE_KEYS = {"transformer.token_embeddings.weight", "transformer.norm.weight"} | {
-    f"transformer.layers.{i}.{name}" for i in range(4) for name in PER_LAYER
-}  # the hub checkpoint's keys for 4 layers (openelm-spec §4.3)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def ids() -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_merged_checkpoint_equals_unmerged_adapter(
-    logits_of, trained_adapter, base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str
+    logits_of, trained_adapter, apple_keys, base_dir: Path, tmp_path: Path, ids: torch.Tensor, method: str
 ):
     adapter = trained_adapter(
         base_dir,
@@ -68,8 +55,8 @@ def test_merged_checkpoint_equals_unmerged_adapter(
     torch.testing.assert_close(logits_of(merged, ids), expected, atol=1e-4, rtol=0)
 
     saved = load_file(result.path / "model.safetensors")
-    assert set(saved) == APPLE_KEYS  # exactly Apple's keys: no lm_head, no adapter names
-    assert set(saved_keys(merged)) == APPLE_KEYS
+    assert set(saved) == apple_keys(4)  # exactly Apple's keys: no lm_head, no adapter names
+    assert set(saved_keys(merged)) == apple_keys(4)
     base = load_file(base_dir / "model.safetensors")
     config = merged.config
     for i in range(4):
@@ -86,7 +73,7 @@ def test_merged_checkpoint_equals_unmerged_adapter(
             saved[f"transformer.layers.{i}.ffn.proj_1.weight"],
         )
         assert not torch.equal(new_proj_1[:ffn], proj_1[:ffn]) and torch.equal(new_proj_1[ffn:], proj_1[ffn:])
-    untouched = [k for k in APPLE_KEYS if not any(s in k for s in ("qkv_proj", "proj_1", "out_proj"))]
+    untouched = [k for k in apple_keys(4) if not any(s in k for s in ("qkv_proj", "proj_1", "out_proj"))]
     assert all(torch.equal(saved[k], base[k]) for k in untouched)
 
     report = json.loads((result.path / "merge_report.json").read_text())

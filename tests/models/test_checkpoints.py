@@ -35,28 +35,11 @@ APPLE_CONFIG_FIELDS = (
     "eos_token_id",
 )
 
-APPLE_KEYS_PER_LAYER = (
-    "attn_norm.weight",
-    "attn.qkv_proj.weight",
-    "attn.q_norm.weight",
-    "attn.k_norm.weight",
-    "attn.out_proj.weight",
-    "ffn_norm.weight",
-    "ffn.proj_1.weight",
-    "ffn.proj_2.weight",
-)
-
 TRAP = 'raise RuntimeError("remote code was executed")\n'
 
 
-def apple_keys(num_layers):
-    keys = {"transformer.token_embeddings.weight", "transformer.norm.weight"}
-    keys |= {f"transformer.layers.{i}.{k}" for i in range(num_layers) for k in APPLE_KEYS_PER_LAYER}
-    return keys
-
-
 @pytest.fixture
-def hub_style_dir(tmp_path):
+def hub_style_dir(tmp_path, apple_keys):
     """A directory laid out like a hub OpenELM checkpoint: Apple's config.json (auto_map, per-layer lists, bf16),
     bf16 safetensors with Apple's keys, and remote-code files that fail loudly if anything executes them."""
     config = OpenELMConfig.from_preset("tiny")
@@ -82,7 +65,7 @@ def hub_style_dir(tmp_path):
     return tmp_path
 
 
-def test_save_load_round_trip_is_bit_identical(tmp_path, tiny_model):
+def test_save_load_round_trip_is_bit_identical(tmp_path, tiny_model, apple_keys):
     for dtype in (torch.float32, torch.bfloat16):
         model = tiny_model.to(dtype)
         model.save_pretrained(tmp_path / str(dtype))

@@ -93,19 +93,6 @@ class SFTObjective:
 PreferenceLoss = Literal["sigmoid", "hinge", "ipo"]
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probabilities of the target tokens of each row, and the number of target tokens.
-
-    Args:
-        logits: (N, L, V) logits; position t predicts token t + 1.
-        labels: (N, L) token ids with -100 on positions that are not targets.
-
-    Returns:
-        ``(logps, counts)``, each (N,).
-    """
-    return target_logps(logits[:, :-1], labels[:, 1:])
-
-
 def check_label_smoothing(loss_type: str, label_smoothing: float) -> None:
     """Refuse a label smoothing the preference loss cannot use.
 
