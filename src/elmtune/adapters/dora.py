@@ -31,6 +31,8 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from peft.tuners.lora.variants import DoraLinearVariant
 from torch import nn
 
+from elmtune.adapters.lora_forward import plain_lora_adapter, plain_lora_forward
+
 _WSQ_KEY = "elmtune-dora-wsq"
 _NORM_KEY = "elmtune-dora-norm"
 
@@ -158,7 +160,26 @@ def _scaled_sum(
 
 
 class ElmLoraLinear(PeftLoraLinear):
-    """peft's LoRA Linear with :class:`FastDoraLinearVariant` for DoRA; everything else (LoRA math, keys) is peft's."""
+    """peft's LoRA Linear with :class:`FastDoraLinearVariant` for DoRA and plain LoRA's update added by ``addmm``.
+
+    Everything else (the LoRA math, keys, merging) is peft's.
+    """
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer output (..., out): :func:`plain_lora_forward` where it applies, else peft's forward.
+
+        Args:
+            x: Input (..., in).
+            *args: Passed to peft's forward.
+            **kwargs: Passed to peft's forward (``adapter_names`` and variant arguments).
+
+        Returns:
+            (..., out) tensor.
+        """
+        adapter = plain_lora_adapter(self, x, args, kwargs)
+        if adapter is None:
+            return super().forward(x, *args, **kwargs)
+        return plain_lora_forward(self, adapter, x)
 
     @property
     def lora_variants(self) -> dict[tuple[str, ...], Any]:
