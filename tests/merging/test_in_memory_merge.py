@@ -16,7 +16,7 @@ from elmtune.merging import parse_adapter, read_adapter, target_delta
 
 # Merged and unmerged forms round differently in fp32 (W + sBA summed once against Wx + s B(Ax)), through 4 layers to
 # logits of up to about 5, where fp32's spacing is 4.8e-7: 2e-5 is about 40 units in the last place of the largest
-# logit. Measured: up to 7.9e-6 (LoRA) and 1.06e-5 (DoRA, every target; an AVX2 CPU); a wrong merge moves logits by
+# logit. Measured: up to 7.9e-6 (LoRA) and 1.06e-5 (DoRA, every target; an AMD EPYC CPU); a wrong merge moves logits by
 # far more than the 1e-2 the adapter itself is required to move them.
 ATOL = 2e-5
 MIXED = ("q", "v", "gate", "out_proj", "proj_2")  # sub-projections and whole modules together
