@@ -336,4 +336,6 @@ def test_a_resumed_offline_wandb_run_keeps_its_run_id(make_config, no_user_track
     runs = sorted((run_dir / "trackers" / "wandb").glob("offline-run-*"))
     run_id = json.loads((run_dir / "trackers" / "runs.json").read_text())["wandb"]
     assert len(runs) == 2 and first in runs  # offline: a second local run directory ...
-    assert {path.name.rsplit("-", 1)[-1] for path in runs} == {run_id}  # ... of the same wandb run
+    # ... of the same wandb run: each directory's log is run-<id>.wandb (the directory name may end in a counter
+    # instead, when both runs started within the same second)
+    assert {next(path.glob("run-*.wandb")).stem.removeprefix("run-") for path in runs} == {run_id}
