@@ -7,6 +7,7 @@ Subpackage ``conftest.py`` files hold only what their own tests need on top of t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -221,26 +222,30 @@ def trained_adapter() -> Callable[..., Path]:
     return _trained_adapter
 
 
+@contextlib.contextmanager
+def _torch_on_one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Run the test's torch kernels on one thread (tiny kernels run far faster so on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_on_one_thread():
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread_packages(request: pytest.FixtureRequest) -> Iterator[None]:
     """One torch thread for every module of :data:`ONE_THREAD_PACKAGES` (their kernels are tiny)."""
     relative = request.path.resolve().relative_to(TESTS).parts
-    if len(relative) < 2 or relative[0] not in ONE_THREAD_PACKAGES:
+    one_thread = len(relative) > 1 and relative[0] in ONE_THREAD_PACKAGES
+    with _torch_on_one_thread() if one_thread else contextlib.nullcontext():
         yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,7 @@
-"""Plain LoRA's ``addmm`` forward against peft's own LoRA layer and the formula, and where it hands over to peft."""
+"""Plain LoRA's ``addmm`` forward against the formula, and where it hands over to peft.
+
+The whole model against peft's own LoRA layers: ``test_numerics.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from peft import get_peft_model
 from torch import nn
 
-from elmtune.adapters import AdapterConfig, apply_adapter, build_lora_config
+from elmtune.adapters import AdapterConfig, apply_adapter
 from elmtune.adapters.lora_forward import plain_lora_adapter
 
 
@@ -43,35 +45,6 @@ def test_the_addmm_forward_is_the_lora_formula_with_its_gradients(make_tiny, alp
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for mine, reference in zip(grads, (x_ref.grad, a.grad, b.grad), strict=True):
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-4)
-
-
-def test_a_model_equals_peft_lora_in_loss_and_gradients(make_tiny, perturb, ids: torch.Tensor) -> None:
-    cfg = AdapterConfig(targets="all", r=4, alpha=8, dropout=0.0)
-    fast = apply_adapter(make_tiny(), cfg)
-    stock_base = make_tiny()
-    lora_config = build_lora_config(stock_base, cfg)
-    lora_config._custom_modules = None  # peft's own LoRA layers
-    for param in stock_base.parameters():
-        param.requires_grad_(False)
-    stock = get_peft_model(stock_base, lora_config)
-    assert type(fast.base_model.model.transformer.layers[0].attn.qkv_proj).__name__ == "ElmLoraLinear"
-    assert type(stock.base_model.model.transformer.layers[0].attn.qkv_proj).__name__ == "Linear"
-    losses, grads = [], []
-    for model in (fast, stock):
-        torch.manual_seed(5)
-        for name, param in model.named_parameters():
-            if "lora_A" in name:
-                with torch.no_grad():
-                    param.copy_(torch.randn_like(param) * 0.1)
-        perturb(model)
-        loss = model.train()(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
 
 
 def test_peft_serves_the_calls_the_fast_path_does_not_cover(make_tiny) -> None:

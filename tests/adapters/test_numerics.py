@@ -97,13 +97,14 @@ def test_plain_peft_loads_adapters_without_sub_projections(
 
 
 def _stock_and_fast(
-    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], dropout: float
+    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], dropout: float, method: str = "dora"
 ) -> tuple[nn.Module, nn.Module]:
-    cfg = AdapterConfig(method="dora", targets="all", r=4, alpha=8, dropout=dropout)
+    """elmtune's layers (fast DoRA, plain LoRA's ``addmm``) and peft's own, with the same non-trivial adapter."""
+    cfg = AdapterConfig(method=method, targets="all", r=4, alpha=8, dropout=dropout)
     fast = apply_adapter(make_tiny(), cfg)
     stock_base = make_tiny()
     lora_config = build_lora_config(stock_base, cfg)
-    lora_config._custom_modules = None  # peft's own DoRA layer
+    lora_config._custom_modules = None  # peft's own LoRA/DoRA layers
     for param in stock_base.parameters():
         param.requires_grad_(False)
     stock = get_peft_model(stock_base, lora_config)
@@ -117,10 +118,13 @@ def _stock_and_fast(
     return fast, stock
 
 
-def test_fast_dora_equals_peft_dora_without_dropout(
-    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], ids: torch.Tensor
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_elmtune_layers_equal_peft_layers_without_dropout(
+    make_tiny: Callable[..., nn.Module], perturb: Callable[..., None], ids: torch.Tensor, method: str
 ) -> None:
-    fast, stock = _stock_and_fast(make_tiny, perturb, dropout=0.0)
+    fast, stock = _stock_and_fast(make_tiny, perturb, dropout=0.0, method=method)
+    assert type(fast.base_model.model.transformer.layers[0].attn.qkv_proj).__name__ == "ElmLoraLinear"
+    assert type(stock.base_model.model.transformer.layers[0].attn.qkv_proj).__name__ == "Linear"
     outputs, grads = [], []
     for m in (fast, stock):
         m.train()
@@ -129,7 +133,7 @@ def test_fast_dora_equals_peft_dora_without_dropout(
         outputs.append(loss.detach())
         grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=0)
-    assert grads[0].keys() == grads[1].keys()
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
 
